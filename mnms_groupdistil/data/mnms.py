@@ -1,0 +1,736 @@
+"""Reader for the M&Ms (Multi-Centre, Multi-Vendor & Multi-Disease) cardiac cine MRI OpenDataset.
+
+The real release is laid out as::
+
+    <dataset_dir>/
+        211230_M&Ms_Dataset_information_diagnosis_opendataset.csv
+        Training/Labeled/<CODE>/<CODE>_sa.nii.gz      (+ <CODE>_sa_gt.nii.gz)
+        Training/Unlabeled/<CODE>/<CODE>_sa.nii.gz
+        Validation/<CODE>/<CODE>_sa.nii.gz            (+ <CODE>_sa_gt.nii.gz)
+        Testing/<CODE>/<CODE>_sa.nii.gz               (+ <CODE>_sa_gt.nii.gz)
+
+Each ``_sa.nii.gz`` is a 4D (x, y, z, t) short-axis cine stack. The information CSV has a
+leading unnamed index column followed by
+``External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight``; ED and ES
+are 0-based frame indices (ED may come after ES).
+
+The GroupDistil task is HCM vs NOR classification with vendors A (Siemens), C (GE) and
+D (Canon) as groups; vendor B (Philips) is dropped. The fixed splits of the paper are in
+:data:`SPLITS`; :func:`prepare_split` is the entry point the bundle configs call.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import logging
+import math
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+__all__ = [
+    "VENDORS",
+    "CENTRES",
+    "PATHOLOGIES",
+    "CLASSES",
+    "GROUPS",
+    "SPLITS",
+    "SUBFOLDERS",
+    "INFO_CSV_NAME",
+    "MnMsDataError",
+    "find_info_csv",
+    "read_info_csv",
+    "find_subject_image",
+    "load_mnms_cohort",
+    "check_subjects",
+    "select_split",
+    "prepare_split",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "Path"]
+
+#: Vendor code -> vendor name, as in the ``Vendor`` / ``VendorName`` columns.
+VENDORS: Dict[str, str] = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
+
+#: Vendor code -> centres that used that vendor.
+CENTRES: Dict[str, Tuple[int, ...]] = {"A": (1, 6), "B": (2, 3), "C": (4,), "D": (5,)}
+
+#: Pathology codes of the ``Pathology`` column.
+PATHOLOGIES: Tuple[str, ...] = ("NOR", "HCM", "DCM", "HHD", "ARV", "AHS", "IHD", "LVNC", "Other")
+
+#: Classes of the task; the label of a subject is the index of its pathology here.
+CLASSES: Tuple[str, ...] = ("NOR", "HCM")
+
+#: Groups of the task (vendor codes); the group of a subject is the index of its vendor here.
+GROUPS: Tuple[str, ...] = ("A", "C", "D")
+
+#: Subfolders of the release that hold subject folders, searched in this order.
+SUBFOLDERS: Tuple[str, ...] = ("Training/Labeled", "Training/Unlabeled", "Validation", "Testing")
+
+#: Name of the information CSV that carries the diagnosis (``Pathology``) column.
+INFO_CSV_NAME = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
+
+#: Splits of the task. ``counts`` gives, per part and class, the number of patients per vendor;
+#: ``test_fraction`` describes a proportional split of every (vendor, class) cell instead.
+SPLITS: Dict[str, Dict[str, Any]] = {
+    "split1": {
+        "counts": {
+            "train": {"HCM": {"A": 25, "C": 2, "D": 10}, "NOR": {"A": 21, "C": 2, "D": 14}},
+            "test": {"HCM": {"C": 3}, "NOR": {"C": 3}},
+        },
+    },
+    "split2": {
+        "counts": {
+            "train": {"HCM": {"A": 25, "C": 5, "D": 2}, "NOR": {"A": 21, "C": 11, "D": 2}},
+            "test": {"HCM": {"D": 8}, "NOR": {"D": 8}},
+        },
+    },
+    "demo": {
+        # every (vendor, class) cell with n subjects: max(min_test, round(n * test_fraction))
+        # go to test, the rest to train; cells need at least min_cell subjects.
+        "test_fraction": 1.0 / 3.0,
+        "min_test": 1,
+        "min_cell": 2,
+        "groups": GROUPS,
+        "classes": CLASSES,
+    },
+}
+
+_PARTS = ("train", "test")
+
+# normalised header -> record key
+_COLUMN_ALIASES: Dict[str, str] = {
+    "external code": "subject",
+    "externalcode": "subject",
+    "external id": "subject",
+    "code": "subject",
+    "subject": "subject",
+    "subject code": "subject",
+    "pathology": "pathology",
+    "diagnosis": "pathology",
+    "vendorname": "vendor_name",
+    "vendor name": "vendor_name",
+    "vendor": "vendor",
+    "centre": "centre",
+    "center": "centre",
+    "ed": "ed",
+    "es": "es",
+    "age": "age",
+    "sex": "sex",
+    "gender": "sex",
+    "height": "height",
+    "weight": "weight",
+}
+# record key -> column name in the real CSV (for messages)
+_COLUMN_NAMES: Dict[str, str] = {
+    "subject": "External code",
+    "pathology": "Pathology",
+    "vendor_name": "VendorName",
+    "vendor": "Vendor",
+    "centre": "Centre",
+    "ed": "ED",
+    "es": "ES",
+    "age": "Age",
+    "sex": "Sex",
+    "height": "Height",
+    "weight": "Weight",
+}
+_REQUIRED = ("subject", "pathology", "vendor", "ed", "es")
+_INFO_KEYS = ("subject", "pathology", "vendor_name", "vendor", "centre", "ed", "es", "age", "sex", "height", "weight")
+
+
+class MnMsDataError(ValueError):
+    """Problems found in an M&Ms dataset, its information CSV or a requested split.
+
+    Attributes:
+        problems: One human-readable line per problem; each names the subject (where there is
+            one), the file and what is wrong.
+    """
+
+    def __init__(self, problems: Union[str, Sequence[str]], header: Optional[str] = None) -> None:
+        if isinstance(problems, str):
+            problems = [problems]
+        self.problems: List[str] = list(problems)
+        lines = [header] if header else []
+        lines += self.problems
+        super().__init__("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------- CSV
+
+
+def _normalise_header(cell: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", cell.replace("\ufeff", "").strip().lower())
+
+
+def _csv_date(path: Path) -> int:
+    """Leading YYMMDD / YYYYMMDD date of an information CSV name (-1 if there is none)."""
+    match = re.match(r"(\d{6,8})", path.name)
+    if not match:
+        return -1
+    digits = match.group(1)
+    if len(digits) == 6:  # YYMMDD
+        digits = "20" + digits
+    return int(digits[:8])
+
+
+def find_info_csv(dataset_dir: PathLike) -> Path:
+    """Find the M&Ms information CSV for a dataset directory.
+
+    Looks in ``dataset_dir`` and then its parent for
+    :data:`INFO_CSV_NAME`; when it is absent, any ``*M&Ms_Dataset_information*.csv``
+    (case-insensitive) is accepted, the newest by its leading date first (a name mentioning
+    "diagnosis" wins a tie). ``dataset_dir`` may also be the CSV file itself.
+
+    Args:
+        dataset_dir: Root of the M&Ms release (the folder holding ``Training``, ``Validation``...).
+
+    Returns:
+        Path of the information CSV.
+
+    Raises:
+        MnMsDataError: If no information CSV is found.
+    """
+    root = Path(dataset_dir).expanduser()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return root.resolve()
+    folders = [root]
+    if root.resolve().parent != root.resolve():
+        folders.append(root.resolve().parent)
+    for folder in folders:
+        exact = folder / INFO_CSV_NAME
+        if exact.is_file():
+            return exact.resolve()
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        candidates = [
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() == ".csv" and "m&ms_dataset_information" in p.name.lower()
+        ]
+        if candidates:
+            candidates.sort(key=lambda p: (_csv_date(p), "diagnosis" in p.name.lower(), p.name), reverse=True)
+            if len(candidates) > 1:
+                logger.info("several M&Ms information CSVs in %s; using %s", folder, candidates[0].name)
+            return candidates[0].resolve()
+    raise MnMsDataError(
+        f"no M&Ms information CSV found: looked for '{INFO_CSV_NAME}' or any "
+        f"'*M&Ms_Dataset_information*.csv' in {', '.join(str(f) for f in folders)}; "
+        "pass csv_path explicitly or put the CSV of the release beside the data"
+    )
+
+
+def _parse_int(text: str) -> Optional[int]:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if math.isfinite(value) and value == int(value):
+        return int(value)
+    return None
+
+
+def _parse_number(text: str) -> Optional[Union[int, float]]:
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sniff_delimiter(first_line: str) -> str:
+    counts = {d: first_line.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","
+
+
+def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
+    """Read an M&Ms information CSV into one normalised dict per subject.
+
+    Accepts the 211230 diagnosis CSV (leading unnamed index column) and older variants
+    (with or without index column), with tolerance for header case and whitespace
+    (``External Code``, `` ED ``...). The task needs the ``Pathology`` column, which only the
+    211230 diagnosis CSV has.
+
+    Args:
+        csv_path: Path of the CSV.
+
+    Returns:
+        One dict per row with keys ``subject, pathology, vendor_name, vendor, centre, ed, es,
+        age, sex, height, weight``. ``ed``/``es`` are ints; ``centre`` and ``age`` are ints
+        (or None), ``height``/``weight`` numbers (or None), ``sex`` a string (or None);
+        missing optional values are None. ``pathology`` is the canonical code from
+        :data:`PATHOLOGIES`; ``vendor`` the code from :data:`VENDORS`.
+
+    Raises:
+        MnMsDataError: Listing every problem at once: missing required column(s), unknown
+            vendor or pathology codes, non-integer or negative ED/ES, empty or duplicate codes.
+    """
+    path = Path(csv_path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        text = path.read_text(encoding="latin-1")
+    except OSError as err:
+        raise MnMsDataError(f"{path}: cannot read the M&Ms information CSV ({err})") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise MnMsDataError(f"{path}: the M&Ms information CSV is empty (no header line)")
+    rows = list(csv.reader(lines, delimiter=_sniff_delimiter(lines[0])))
+    header = rows[0]
+    columns: Dict[str, int] = {}
+    for idx, cell in enumerate(header):
+        key = _COLUMN_ALIASES.get(_normalise_header(cell))
+        if key is not None and key not in columns:
+            columns[key] = idx
+    missing = [k for k in _REQUIRED if k not in columns]
+    if missing:
+        problems = []
+        for key in missing:
+            msg = f"{path}: required column '{_COLUMN_NAMES[key]}' is missing (header: {','.join(header)})"
+            if key == "pathology":
+                msg += (
+                    f"; the HCM vs NOR task needs the diagnosis CSV '{INFO_CSV_NAME}' of the M&Ms "
+                    "OpenDataset release (older information CSVs have no Pathology column)"
+                )
+            problems.append(msg)
+        raise MnMsDataError(problems, header=f"unusable M&Ms information CSV {path}:")
+
+    def cell(row: List[str], key: str) -> str:
+        idx = columns.get(key)
+        if idx is None or idx >= len(row):
+            return ""
+        return row[idx].strip()
+
+    canonical_pathology = {p.upper(): p for p in PATHOLOGIES}
+    problems: List[str] = []
+    records: List[Dict[str, Any]] = []
+    first_line: Dict[str, int] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        code = cell(row, "subject")
+        where = f"{path}, line {line_no} (subject {code or '?'})"
+        row_problems: List[str] = []
+        if not code:
+            row_problems.append(f"{where}: empty 'External code'")
+        elif code in first_line:
+            row_problems.append(f"{where}: duplicate subject code {code} (first on line {first_line[code]})")
+        else:
+            first_line[code] = line_no
+        vendor = cell(row, "vendor").upper()
+        if vendor not in VENDORS:
+            row_problems.append(
+                f"{where}: unknown vendor code '{cell(row, 'vendor')}' (expected one of {', '.join(VENDORS)})"
+            )
+        pathology_text = cell(row, "pathology")
+        pathology = canonical_pathology.get(pathology_text.upper())
+        if pathology is None:
+            row_problems.append(
+                f"{where}: unknown pathology code '{pathology_text}' (expected one of {', '.join(PATHOLOGIES)})"
+            )
+        frames: Dict[str, Optional[int]] = {}
+        for key in ("ed", "es"):
+            raw = cell(row, key)
+            value = _parse_int(raw)
+            if value is None or value < 0:
+                row_problems.append(
+                    f"{where}: {_COLUMN_NAMES[key]} must be a non-negative integer frame index, got '{raw}'"
+                )
+            frames[key] = value
+        if row_problems:
+            problems.extend(row_problems)
+            continue
+        vendor_name = cell(row, "vendor_name") or VENDORS[vendor]
+        sex = cell(row, "sex") or None
+        age = _parse_number(cell(row, "age"))
+        if isinstance(age, float) and age == int(age):
+            age = int(age)
+        records.append(
+            {
+                "subject": code,
+                "pathology": pathology,
+                "vendor_name": vendor_name,
+                "vendor": vendor,
+                "centre": _parse_int(cell(row, "centre")),
+                "ed": frames["ed"],
+                "es": frames["es"],
+                "age": age,
+                "sex": sex,
+                "height": _parse_number(cell(row, "height")),
+                "weight": _parse_number(cell(row, "weight")),
+            }
+        )
+    if problems:
+        raise MnMsDataError(problems, header=f"{len(problems)} problem(s) in the M&Ms information CSV {path}:")
+    return records
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def find_subject_image(dataset_dir: PathLike, code: str) -> Optional[Path]:
+    """Find the short-axis cine image of a subject.
+
+    Args:
+        dataset_dir: Root of the M&Ms release.
+        code: Subject code (``External code``).
+
+    Returns:
+        Absolute path of ``<subfolder>/<code>/<code>_sa.nii.gz`` (or ``.nii``) in the first of
+        :data:`SUBFOLDERS` that has it, or None if none has.
+    """
+    root = Path(dataset_dir).expanduser()
+    for sub in SUBFOLDERS:
+        for suffix in ("_sa.nii.gz", "_sa.nii"):
+            candidate = root / sub / code / f"{code}{suffix}"
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def load_mnms_cohort(
+    dataset_dir: PathLike,
+    groups: Sequence[str] = GROUPS,
+    classes: Sequence[str] = CLASSES,
+    csv_path: Optional[PathLike] = None,
+) -> List[Dict[str, Any]]:
+    """Read the information CSV and list the subjects of the task, without opening images.
+
+    Args:
+        dataset_dir: Root of the M&Ms release.
+        groups: Vendor codes to keep; ``group`` is the index of the vendor in this sequence.
+        classes: Pathology codes to keep; ``label`` is the index of the pathology in it.
+        csv_path: Information CSV; found with :func:`find_info_csv` when None.
+
+    Returns:
+        Records sorted by subject code, each ``{"subject", "image" (absolute path str or None
+        when not found), "label", "pathology", "group", "vendor", "centre", "ed", "es"}``.
+
+    Raises:
+        MnMsDataError: If the CSV cannot be found or read, or ``groups``/``classes`` hold
+            unknown codes.
+    """
+    groups = tuple(groups)
+    classes = tuple(classes)
+    bad = [f"unknown vendor code '{g}' in groups (expected one of {', '.join(VENDORS)})" for g in groups if g not in VENDORS]
+    bad += [
+        f"unknown pathology code '{c}' in classes (expected one of {', '.join(PATHOLOGIES)})"
+        for c in classes
+        if c not in PATHOLOGIES
+    ]
+    if bad:
+        raise MnMsDataError(bad)
+    csv_file = Path(csv_path).expanduser() if csv_path else find_info_csv(dataset_dir)
+    rows = read_info_csv(csv_file)
+    records = []
+    for row in sorted(rows, key=lambda r: r["subject"]):
+        if row["vendor"] not in groups or row["pathology"] not in classes:
+            continue
+        image = find_subject_image(dataset_dir, row["subject"])
+        records.append(
+            {
+                "subject": row["subject"],
+                "image": str(image) if image is not None else None,
+                "label": classes.index(row["pathology"]),
+                "pathology": row["pathology"],
+                "group": groups.index(row["vendor"]),
+                "vendor": row["vendor"],
+                "centre": row["centre"],
+                "ed": row["ed"],
+                "es": row["es"],
+            }
+        )
+    return records
+
+
+def _verify_data(path: Path, header: Any, shape: Tuple[int, ...]) -> Optional[str]:
+    """Cheaply verify the voxel data are all there; returns a problem text or None.
+
+    For ``.gz`` the whole stream is decompressed in chunks (nothing kept in memory), which
+    checks the gzip CRC and length, so truncated or corrupted files are caught; the cost is
+    one decompression of the file (roughly 0.1 s per 30 MB of voxel data).
+    """
+    dtype = header.get_data_dtype()
+    offset = int(header.get_data_offset())
+    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    try:
+        if path.name.lower().endswith(".gz"):
+            total = 0
+            with gzip.open(path, "rb") as stream:
+                while True:
+                    chunk = stream.read(1 << 22)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+        else:
+            total = path.stat().st_size
+    except Exception as err:  # noqa: BLE001 - EOFError, BadGzipFile, zlib.error, OSError...
+        return f"voxel data unreadable, file truncated or corrupt ({type(err).__name__}: {err})"
+    if total < needed:
+        return f"voxel data truncated: {total} bytes after decompression, header needs {needed}"
+    return None
+
+
+def _check_one(record: Mapping[str, Any]) -> Tuple[List[str], Optional[int], Optional[int]]:
+    import nibabel as nib
+
+    code = record.get("subject", "?")
+    image = record.get("image")
+    if not image:
+        return (
+            [
+                f"subject {code}: image {code}_sa.nii.gz not found in any of "
+                f"{', '.join(SUBFOLDERS)} of the dataset directory"
+            ],
+            None,
+            None,
+        )
+    path = Path(image)
+    prefix = f"subject {code}: {path}"
+    if not path.is_file():
+        return [f"{prefix}: image file does not exist"], None, None
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        header = img.header
+    except Exception as err:  # noqa: BLE001 - report instead of a raw nibabel traceback
+        return [f"{prefix}: cannot read the NIfTI header ({type(err).__name__}: {err})"], None, None
+    if len(shape) != 4:
+        return [f"{prefix}: expected a 4D (x, y, z, t) cine image, got {len(shape)}D shape {shape}"], None, None
+    problems: List[str] = []
+    if min(shape) < 1:
+        problems.append(f"{prefix}: empty image, shape {shape} has a zero dimension")
+        return problems, None, None
+    num_slices, num_frames = shape[2], shape[3]
+    for key in ("ed", "es"):
+        frame = record.get(key)
+        if not isinstance(frame, (int, np.integer)) or not 0 <= int(frame) < num_frames:
+            problems.append(
+                f"{prefix}: {key.upper()} frame {frame} outside the image's frames [0, {num_frames}) (shape {shape})"
+            )
+    data_problem = _verify_data(path, header, shape)
+    if data_problem:
+        problems.append(f"{prefix}: {data_problem}")
+    return problems, num_slices, num_frames
+
+
+def check_subjects(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """Check the image of every record and add its slice and frame counts.
+
+    Only the NIfTI header is parsed with nibabel; the voxel data are streamed once (not kept)
+    to catch truncated or corrupt ``.gz`` files. Odd sizes, anisotropic spacing, int16 or float
+    data, ED after ES and slightly non-orthonormal direction cosines are all accepted.
+
+    Args:
+        records: Records as returned by :func:`load_mnms_cohort` (``subject``, ``image``,
+            ``ed``, ``es`` are used).
+
+    Returns:
+        New dicts, the records plus ``"num_slices"`` and ``"num_frames"``, in the same order.
+
+    Raises:
+        MnMsDataError: One error listing every problem of every subject (missing file,
+            unreadable header, not 4D, no slice/frame, ED/ES outside [0, num_frames), truncated
+            or corrupt data).
+    """
+    problems: List[str] = []
+    checked: List[Dict[str, Any]] = []
+    for record in records:
+        record_problems, num_slices, num_frames = _check_one(record)
+        problems.extend(record_problems)
+        checked.append({**record, "num_slices": num_slices, "num_frames": num_frames})
+    if problems:
+        subjects = {p.split(":", 1)[0] for p in problems}
+        raise MnMsDataError(
+            problems, header=f"{len(problems)} problem(s) with the images of {len(subjects)} M&Ms subject(s):"
+        )
+    return checked
+
+
+# ------------------------------------------------------------------------------------ splits
+
+
+def _cell_order(records: Sequence[Mapping[str, Any]]) -> List[Tuple[str, str]]:
+    cells = {(r["pathology"], r["vendor"]) for r in records}
+    rank = {p: i for i, p in enumerate(PATHOLOGIES)}
+    return sorted(cells, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
+
+
+def select_split(
+    records: Sequence[Mapping[str, Any]], split: str = "split1", seed: int = 0
+) -> Dict[str, List[Dict[str, Any]]]:
+    """Choose the train and test subjects of a split (pure function; inputs are not modified).
+
+    Within every (class, vendor) cell the subject codes are sorted and then shuffled with one
+    ``numpy.random.default_rng(seed)`` (cells taken in a fixed order: pathology as in
+    :data:`PATHOLOGIES`, then vendor code); train takes the first subjects of the cell, test the
+    next ones, so the two parts are disjoint.
+
+    Args:
+        records: Cohort records (``subject``, ``pathology``, ``vendor`` are used), e.g. from
+            :func:`load_mnms_cohort`.
+        split: A key of :data:`SPLITS` (``"split1"``, ``"split2"`` or ``"demo"``).
+        seed: Seed that fixes which subjects go where.
+
+    Returns:
+        ``{"train": [...], "test": [...]}``, copies of the chosen records sorted by
+        (vendor, label, subject).
+
+    Raises:
+        MnMsDataError: For an unknown split, or, listing every cell at once, when the cohort
+            has too few subjects to fill the split.
+    """
+    if split not in SPLITS:
+        raise MnMsDataError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
+    spec = SPLITS[split]
+    codes = [r["subject"] for r in records]
+    dupes = sorted(c for c, n in Counter(codes).items() if n > 1)
+    if dupes:
+        raise MnMsDataError([f"subject {c}: appears more than once in the cohort records" for c in dupes])
+
+    by_cell: Dict[Tuple[str, str], List[Mapping[str, Any]]] = {}
+    for record in records:
+        by_cell.setdefault((record["pathology"], record["vendor"]), []).append(record)
+
+    # wanted[(pathology, vendor)] = (n_train, n_test)
+    wanted: Dict[Tuple[str, str], Tuple[int, int]] = {}
+    problems: List[str] = []
+    if "counts" in spec:
+        for part_index, part in enumerate(_PARTS):
+            for pathology, per_vendor in spec["counts"].get(part, {}).items():
+                for vendor, n in per_vendor.items():
+                    n_train, n_test = wanted.get((pathology, vendor), (0, 0))
+                    wanted[(pathology, vendor)] = (n_train + n, n_test) if part_index == 0 else (n_train, n_test + n)
+        for (pathology, vendor), (n_train, n_test) in sorted(wanted.items()):
+            have = len(by_cell.get((pathology, vendor), []))
+            if have >= n_train + n_test:
+                continue
+            where = f"vendor {vendor} ({VENDORS.get(vendor, '?')})"
+            if n_test and n_train:
+                problems.append(
+                    f"{split} needs {n_test} {pathology} test subjects from {where} beyond the {n_train} "
+                    f"for training; the cohort has {have}"
+                )
+            elif n_test:
+                problems.append(f"{split} needs {n_test} {pathology} test subjects from {where}; the cohort has {have}")
+            else:
+                problems.append(
+                    f"{split} needs {n_train} {pathology} training subjects from {where}; the cohort has {have}"
+                )
+    else:
+        fraction = float(spec["test_fraction"])
+        for pathology in spec["classes"]:
+            for vendor in spec["groups"]:
+                have = len(by_cell.get((pathology, vendor), []))
+                if have < spec["min_cell"]:
+                    problems.append(
+                        f"{split} needs at least {spec['min_cell']} {pathology} subjects from vendor {vendor} "
+                        f"({VENDORS.get(vendor, '?')}) (one for training, one for testing); the cohort has {have}"
+                    )
+                    continue
+                n_test = max(int(spec["min_test"]), int(round(have * fraction)))
+                n_test = min(n_test, have - 1)
+                wanted[(pathology, vendor)] = (have - n_test, n_test)
+    if problems:
+        raise MnMsDataError(problems, header=f"the cohort cannot fill split '{split}':")
+
+    rng = np.random.default_rng(seed)
+    parts: Dict[str, List[Dict[str, Any]]] = {"train": [], "test": []}
+    for cell in _cell_order(records):
+        members = sorted(by_cell[cell], key=lambda r: r["subject"])
+        order = rng.permutation(len(members))  # drawn for every cell so choices do not shift
+        if cell not in wanted:
+            continue
+        n_train, n_test = wanted[cell]
+        shuffled = [members[i] for i in order]
+        parts["train"].extend(dict(r) for r in shuffled[:n_train])
+        parts["test"].extend(dict(r) for r in shuffled[n_train : n_train + n_test])
+    for part in _PARTS:
+        parts[part].sort(key=lambda r: (str(r["vendor"]), r.get("label", 0), r["subject"]))
+    return parts
+
+
+def _count_summary(records: Sequence[Mapping[str, Any]]) -> str:
+    counts = Counter((r["vendor"], r["pathology"]) for r in records)
+    return ", ".join(f"{v}/{p}={n}" for (v, p), n in sorted(counts.items()))
+
+
+def prepare_split(
+    dataset_dir: PathLike,
+    split: str = "split1",
+    seed: int = 0,
+    output_dir: Optional[PathLike] = None,
+    csv_path: Optional[PathLike] = None,
+) -> Dict[str, List[Dict[str, Any]]]:
+    """Build and check the train/test subject lists of a split; the bundles' entry point.
+
+    Reads the information CSV, lists the task's subjects (vendors A/C/D, HCM vs NOR), selects
+    the split, checks the images of the selected subjects, and optionally writes
+    ``<output_dir>/split.json``.
+
+    Args:
+        dataset_dir: Root of the M&Ms release (or of a generated cohort in the same layout).
+        split: A key of :data:`SPLITS`.
+        seed: Seed of the subject selection.
+        output_dir: Where to write ``split.json`` (created if needed); nothing is written when
+            None or empty.
+        csv_path: Information CSV; found with :func:`find_info_csv` when None.
+
+    Returns:
+        ``{"train": [...], "test": [...]}``; records as from :func:`load_mnms_cohort` plus
+        ``num_slices`` and ``num_frames``.
+
+    Raises:
+        MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
+            selected image is missing or broken (all problems listed in one error).
+    """
+    csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
+    records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
+    logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
+    parts = select_split(records, split=split, seed=int(seed))
+    checked = check_subjects(parts["train"] + parts["test"])
+    n_train = len(parts["train"])
+    result = {"train": checked[:n_train], "test": checked[n_train:]}
+    for part in _PARTS:
+        logger.info("split %s (seed %d) %s: %d subjects (%s)", split, int(seed), part, len(result[part]),
+                    _count_summary(result[part]))
+    if output_dir:
+        out = Path(output_dir).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "split": split,
+            "seed": int(seed),
+            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+            "csv_path": str(csv_file),
+            "classes": list(CLASSES),
+            "groups": list(GROUPS),
+            "subjects": {part: [r["subject"] for r in result[part]] for part in _PARTS},
+            **{part: result[part] for part in _PARTS},
+        }
+        target = out / "split.json"
+        target.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
+        logger.info("wrote %s", target)
+    return result

@@ -1,0 +1,276 @@
+"""Ignite handlers that put the group-weighted objective into a MONAI ``SupervisedTrainer``.
+
+- :class:`GroupWeightedLossHandler` runs the frozen teacher, computes the per-sample loss and
+  the group-weighted objective, and publishes the group weights and per-group losses on
+  ``engine.state``.
+- :class:`GroupScalarWriter` writes those to TensorBoard every iteration (as the
+  ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
+- :class:`MetricsReport` writes an evaluator's final metrics to ``metrics.json`` and logs a
+  per-group summary table when training ends.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
+
+from mnms_groupdistil.losses import GroupWeightedLoss
+
+__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "group_from_batch"]
+
+
+def group_from_batch(batch: Any) -> torch.Tensor:
+    """Default ``group_transform``: the ``"group"`` entry of a collated dictionary batch."""
+    if not isinstance(batch, dict) or "group" not in batch:
+        raise ValueError(
+            "the training batch has no 'group' entry: the dataset must give each sample its group id, "
+            "or pass a group_transform that finds it."
+        )
+    return torch.as_tensor(batch["group"])
+
+
+class GroupWeightedLossHandler:
+    """Train with the group-weighted loss of groupDRO / GroupDistil inside a ``SupervisedTrainer``.
+
+    ``attach`` makes this handler the trainer's ``loss_function``. Each iteration, after the
+    student's forward pass (``IterationEvents.FORWARD_COMPLETED``) it runs the frozen ``teacher``
+    on the same inputs (eval mode, no gradient); the loss function then computes the per-sample
+    loss (``sample_loss(student_logits, label, teacher_logits)``) and the group-weighted scalar
+    (``loss``), and after it (``IterationEvents.LOSS_COMPLETED``) the handler publishes
+    ``engine.state.group_weights``, ``group_losses`` and ``group_counts`` (CPU tensors, shape (G,)).
+
+    The four training modes:
+
+    ========================  ===============================  ===============  =======
+    mode                      sample_loss                      loss.robust      teacher
+    ========================  ===============================  ===============  =======
+    erm                       ``CrossEntropyLoss()``           False            None
+    groupdro (teachers)       ``CrossEntropyLoss()``           True             None
+    kd                        ``DistillationLoss(T, alpha)``   False            network
+    groupdistil               ``DistillationLoss(T, alpha)``   True             network
+    ========================  ===============================  ===============  =======
+
+    Save ``loss.group_weights`` with the trainer's ``CheckpointSaver`` (and restore it with
+    ``CheckpointLoader``) so a resumed run continues with its weights.
+
+    Args:
+        loss: the group-weighted objective; its ``group_weights`` are the state.
+        sample_loss: per-sample loss, ``(student_logits, target, teacher_logits) -> (B,)``, with a
+            ``needs_teacher`` attribute.
+        teacher: frozen teacher network (on the trainer's device), or None.
+        group_transform: ``engine.state.batch`` -> group ids of shape (B,).
+        name: logger name; default ``mnms_groupdistil.handlers``.
+
+    Example (bundle config)::
+
+        "loss_handler": {"_target_": "mnms_groupdistil.handlers.GroupWeightedLossHandler",
+                         "loss": "@loss", "sample_loss": "@sample_loss", "teacher": "@teacher"}
+        "trainer": {"_target_": "SupervisedTrainer", "loss_function": "@loss_handler",
+                    "train_handlers": ["@loss_handler", ...], ...}
+    """
+
+    def __init__(
+        self,
+        loss: GroupWeightedLoss,
+        sample_loss: Callable[..., torch.Tensor],
+        teacher: torch.nn.Module | None = None,
+        group_transform: Callable[[Any], torch.Tensor] = group_from_batch,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(loss, GroupWeightedLoss):
+            raise TypeError(f"loss must be a GroupWeightedLoss, got {type(loss).__name__}.")
+        needs_teacher = bool(getattr(sample_loss, "needs_teacher", False))
+        if needs_teacher and teacher is None:
+            raise ValueError(f"{type(sample_loss).__name__} distils from a teacher: pass teacher=<network>.")
+        if not needs_teacher and teacher is not None:
+            raise ValueError(
+                f"a teacher was given but {type(sample_loss).__name__} does not use one: "
+                "use DistillationLoss for kd/groupdistil, or drop the teacher for erm/groupdro."
+            )
+        self.loss = loss
+        self.sample_loss = sample_loss
+        self.teacher = teacher
+        self.group_transform = group_transform
+        self.logger = logging.getLogger(name or __name__)
+        self._teacher_logits: torch.Tensor | None = None
+        self._groups: torch.Tensor | None = None
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        """Become ``engine``'s loss function and register the iteration events (idempotent)."""
+        engine.loss_function = self
+        engine.state.group_weights = self.loss.group_weights.weights.float()
+        for event, handler in (
+            (Events.ITERATION_STARTED, self.iteration_started),
+            (IterationEvents.FORWARD_COMPLETED, self.forward_completed),
+            (IterationEvents.LOSS_COMPLETED, self.loss_completed),
+            (Events.EPOCH_COMPLETED, self.epoch_completed),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    def iteration_started(self, engine: Engine) -> None:
+        """Read this batch's group ids; forget the previous batch's teacher outputs."""
+        self._teacher_logits = None
+        self._groups = self.group_transform(engine.state.batch)
+
+    def forward_completed(self, engine: Engine) -> None:
+        """Run the frozen teacher on the inputs the student just saw."""
+        if self.teacher is None:
+            return
+        inputs = engine.state.output[Keys.IMAGE]
+        self.teacher.eval()
+        with torch.no_grad():
+            self._teacher_logits = self.teacher(inputs)
+
+    def __call__(self, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The trainer's loss function: the group-weighted scalar for this batch."""
+        if self._groups is None:
+            raise RuntimeError("GroupWeightedLossHandler must be attached to the trainer it computes the loss for.")
+        if self.teacher is not None and self._teacher_logits is None:
+            raise RuntimeError("the teacher did not run for this batch: IterationEvents.FORWARD_COMPLETED was not fired.")
+        losses = self.sample_loss(student_logits, target, self._teacher_logits)
+        result = self.loss.evaluate(losses, self._groups.to(losses.device))
+        self._last = (result.group_losses.detach().cpu(), result.group_counts.detach().cpu())
+        return result.loss
+
+    def loss_completed(self, engine: Engine) -> None:
+        """Publish the weights and this batch's per-group losses and counts on ``engine.state``."""
+        if self._last is None:
+            return
+        engine.state.group_weights = self.loss.group_weights.weights.float()
+        engine.state.group_losses, engine.state.group_counts = self._last
+
+    def epoch_completed(self, engine: Engine) -> None:
+        weights = ", ".join(f"{w:.4f}" for w in self.loss.group_weights.weights.tolist())
+        self.logger.info(f"Epoch {engine.state.epoch}: group weights [{weights}]")
+
+
+class GroupScalarWriter:
+    """TensorBoard writer for the trainer: loss, group weights and per-group losses every iteration.
+
+    Use as ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``; writes
+    ``<loss_tag>``, ``group_weight/<group>``, ``group_loss/<group>`` (groups absent from the batch
+    are skipped) at ``engine.state.iteration``.
+
+    Args:
+        group_names: one name per group id.
+        loss_transform: ``engine.state.output`` -> scalar loss.
+        loss_tag: TensorBoard tag of the loss.
+    """
+
+    def __init__(
+        self,
+        group_names: Sequence[str],
+        loss_transform: Callable[[Any], Any] | None = None,
+        loss_tag: str = "train_loss",
+    ) -> None:
+        self.group_names = [str(g) for g in group_names]
+        self.loss_transform = loss_transform or _loss_from_output
+        self.loss_tag = loss_tag
+
+    def __call__(self, engine: Engine, writer: Any) -> None:
+        step = engine.state.iteration
+        writer.add_scalar(self.loss_tag, float(torch.as_tensor(self.loss_transform(engine.state.output)).detach()), step)
+        weights = getattr(engine.state, "group_weights", None)
+        losses = getattr(engine.state, "group_losses", None)
+        for index, group in enumerate(self.group_names):
+            if weights is not None:
+                writer.add_scalar(f"group_weight/{group}", float(weights[index]), step)
+            if losses is not None and not math.isnan(float(losses[index])):
+                writer.add_scalar(f"group_loss/{group}", float(losses[index]), step)
+        writer.flush()
+
+
+def _loss_from_output(output: Any) -> Any:
+    """The loss from a collated (dict) or decollated (list of dicts) trainer output."""
+    if isinstance(output, list):
+        output = output[0]
+    return output[Keys.LOSS]
+
+
+class MetricsReport:
+    """Write an evaluator's metrics to JSON after every evaluation and log a summary table.
+
+    Attach to the evaluator. After each evaluation it writes ``filepath`` with the latest
+    metrics, the best key metric so far and its epoch, and ``extra`` (e.g. the run's mode and
+    split), and logs one table line per group:
+    ``group | <metric columns>`` built from metrics named ``<prefix>_<group>``.
+
+    Args:
+        filepath: where to write the JSON (parent folders are created).
+        group_names: one name per group id.
+        group_metric_prefixes: metric names whose ``<prefix>_<group>`` entries fill the table
+            columns, e.g. ``["val_acc", "val_patient_acc"]``.
+        summary_metrics: scalar metrics shown under the table (e.g. worst-group accuracy).
+        extra: additional JSON fields.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        filepath: str | Path,
+        group_names: Sequence[str],
+        group_metric_prefixes: Sequence[str] = (),
+        summary_metrics: Sequence[str] = (),
+        extra: dict[str, Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.filepath = Path(filepath)
+        self.group_names = [str(g) for g in group_names]
+        self.group_metric_prefixes = list(group_metric_prefixes)
+        self.summary_metrics = list(summary_metrics)
+        self.extra = dict(extra or {})
+        self.logger = logging.getLogger(name or __name__)
+
+    def attach(self, engine: Engine) -> None:
+        if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_completed(self, engine: Engine) -> None:
+        metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
+        report = {
+            **self.extra,
+            "epoch": int(engine.state.epoch),
+            "metrics": metrics,
+            "per_group": {
+                group: {prefix: metrics.get(f"{prefix}_{group}") for prefix in self.group_metric_prefixes}
+                for group in self.group_names
+            },
+            "best_metric": _finite_or_none(getattr(engine.state, "best_metric", None)),
+            "best_metric_epoch": getattr(engine.state, "best_metric_epoch", None),
+        }
+        self.filepath.parent.mkdir(parents=True, exist_ok=True)
+        self.filepath.write_text(json.dumps(report, indent=2))
+        self.logger.info("\n" + self.table(metrics))
+
+    def table(self, metrics: dict[str, float]) -> str:
+        """A plain-text table: one row per group, one column per metric prefix, then the summaries."""
+        header = ["group", *self.group_metric_prefixes]
+        rows = [[g, *(_fmt(metrics.get(f"{p}_{g}")) for p in self.group_metric_prefixes)] for g in self.group_names]
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+        lines = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
+        lines.insert(1, "-+-".join("-" * w for w in widths))
+        lines += [f"{name}: {_fmt(metrics.get(name))}" for name in self.summary_metrics]
+        return "\n".join(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and _is_number(value) and math.isfinite(float(value)) else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"

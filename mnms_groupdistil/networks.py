@@ -1,0 +1,471 @@
+"""Teacher / student network factories for GroupDistil.
+
+This module builds the torchvision classifiers used as teacher (ResNet) and
+student (DenseNet / ResNet) in group-robust knowledge distillation, adapts
+them to the number of input channels (1 for cine MRI, 3 for Waterbirds) and
+classes, optionally initialises them from a *local* ImageNet state-dict file,
+and loads trained checkpoints into a frozen teacher.
+
+Nothing is ever downloaded: torchvision models are always created with
+``weights=None`` and ImageNet weights come only from ``pretrained_path``.
+
+Example (MONAI bundle config)::
+
+    "network_def": {
+        "_target_": "mnms_groupdistil.networks.build_network",
+        "name": "densenet121",
+        "num_classes": 2,
+        "in_channels": 1
+    },
+    "teacher": {
+        "_target_": "mnms_groupdistil.networks.load_network",
+        "network": {"_target_": "mnms_groupdistil.networks.build_network",
+                    "name": "resnet50", "num_classes": 2, "in_channels": 1},
+        "checkpoint_path": "@teacher_ckpt",
+        "device": "@device"
+    }
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+from torchvision import models as tv_models
+
+__all__ = [
+    "SUPPORTED_NETWORKS",
+    "CheckpointNotFoundError",
+    "build_network",
+    "load_network",
+    "frozen",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# name -> (torchvision constructor, dotted path of the stem conv, dotted path of the head Linear)
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], str, str]] = {
+    "resnet18": (tv_models.resnet18, "conv1", "fc"),
+    "resnet34": (tv_models.resnet34, "conv1", "fc"),
+    "resnet50": (tv_models.resnet50, "conv1", "fc"),
+    "densenet121": (tv_models.densenet121, "features.conv0", "classifier"),
+}
+
+#: Names accepted by :func:`build_network`.
+SUPPORTED_NETWORKS: tuple[str, ...] = tuple(_REGISTRY)
+
+# Keys of the pre-0.3 torchvision DenseNet checkpoints (the official ImageNet
+# ``densenet121-a639ec97.pth`` still uses them): ``...denselayer1.norm.1.weight``
+# -> ``...denselayer1.norm1.weight``. Same pattern torchvision uses internally.
+_OLD_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+# BatchNorm counters: absent from old checkpoints (e.g. the official torchvision
+# DenseNet file); torch itself tolerates their absence, so do we.
+_OPTIONAL_SUFFIX = ".num_batches_tracked"
+
+# Prefixes added by DistributedDataParallel / DataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+_MAX_KEYS_SHOWN = 5
+
+
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """A weights / checkpoint file does not exist.
+
+    Subclasses both :class:`FileNotFoundError` and :class:`ValueError` so that
+    callers may catch either.
+    """
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _get_submodule(module: nn.Module, dotted: str) -> nn.Module:
+    return module.get_submodule(dotted)
+
+
+def _set_submodule(module: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, new)
+
+
+def _check_positive_int(value: Any, arg: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{arg} must be a positive int, got {value!r}.")
+    return int(value)
+
+
+def _first(keys: Any) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
+    more = f" ... (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
+    return f"[{shown}{more}]"
+
+
+def _torch_load(path: PathLike, arg: str, missing_hint: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU with readable errors."""
+    path_str = os.fspath(path)
+    if not os.path.isfile(path_str):
+        raise CheckpointNotFoundError(f"{arg} {path_str!r} does not exist{missing_hint}")
+    try:
+        return torch.load(path_str, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{arg} {path_str!r} could not be read as a torch weights file with weights_only=True "
+            f"({type(err).__name__}: {first_line}). Save it with torch.save(model.state_dict(), path)."
+        ) from err
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefix shared by all keys."""
+    sd = dict(state_dict)
+    changed = True
+    while changed and sd:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                logger.debug("Stripped %r prefix from state dict keys.", prefix)
+                changed = True
+    return sd
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return f"a dict with keys {_first([str(k) for k in obj])}"
+    return f"an object of type {type(obj).__name__}"
+
+
+def _adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt an RGB stem kernel ``(out, 3, kh, kw)`` to ``in_channels`` inputs.
+
+    Every new input channel gets ``sum_rgb(weight) / in_channels``, i.e. the mean
+    RGB kernel repeated ``in_channels`` times and scaled by ``3 / in_channels``.
+    For ``in_channels == 1`` this is exactly the sum of the RGB kernels, so the
+    1-channel model on a grey image equals the RGB model on that image repeated
+    to RGB; for any count, an image whose channels are all equal gives the same
+    response as the RGB model on that grey image.
+    """
+    summed = weight.sum(dim=1, keepdim=True)
+    return (summed / in_channels).repeat(1, in_channels, 1, 1).contiguous()
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def frozen(network: nn.Module) -> nn.Module:
+    """Put a network in eval mode and disable gradients of all its parameters.
+
+    Args:
+        network: the module to freeze (modified in place).
+
+    Returns:
+        The same module, in eval mode, with ``requires_grad == False`` on every
+        parameter. Note that a later ``network.train()`` call switches BatchNorm
+        back to training mode; gradients stay disabled.
+
+    Example:
+        >>> import torch
+        >>> teacher = frozen(torch.nn.Linear(2, 2))
+        >>> teacher.training, teacher.weight.requires_grad
+        (False, False)
+    """
+    network.eval()
+    network.requires_grad_(False)
+    return network
+
+
+def build_network(
+    name: str,
+    num_classes: int = 2,
+    in_channels: int = 1,
+    pretrained_path: Optional[PathLike] = None,
+) -> nn.Module:
+    """Build a torchvision classifier adapted to the input channels / classes.
+
+    The model is created with ``weights=None`` (never downloads). The stem conv
+    (ResNet ``conv1``, DenseNet ``features.conv0``) is replaced by a conv with
+    ``in_channels`` inputs when ``in_channels != 3`` (same kernel, stride,
+    padding); the head (``fc`` / ``classifier``) is a new ``Linear`` with
+    ``num_classes`` outputs.
+
+    With ``pretrained_path`` every non-head tensor is loaded from a local
+    torchvision ImageNet state dict (``torch.save(model.state_dict(), path)``,
+    optionally wrapped as ``{"state_dict": ...}``, ``{"model": ...}`` or
+    ``{"network": ...}``; a DDP ``module.`` prefix and the legacy DenseNet key
+    names of the official torchvision file are handled). Head weights are
+    skipped. When ``in_channels != 3`` the RGB stem kernel ``W`` is adapted to
+    ``sum_rgb(W) / in_channels`` for every input channel: for 1 channel this is
+    the sum of the RGB kernels (a grey image gives the same response as the RGB
+    model on the grey image repeated to RGB); for other counts it is the mean
+    RGB kernel repeated and scaled by ``3 / in_channels`` (keeps the activation
+    scale for channel-constant inputs).
+
+    Args:
+        name: one of ``"resnet18"``, ``"resnet34"``, ``"resnet50"``,
+            ``"densenet121"`` (case-insensitive).
+        num_classes: number of output logits.
+        in_channels: number of input image channels (any positive int).
+        pretrained_path: optional local file with torchvision ImageNet weights.
+
+    Returns:
+        The ``torch.nn.Module`` (train mode), mapping ``(B, in_channels, H, W)``
+        to logits ``(B, num_classes)``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the choices), invalid
+            ``num_classes`` / ``in_channels``, ``pretrained_path`` unreadable or
+            not a state dict matching ``name`` (the message names the file and
+            the first missing / unexpected / mis-shaped keys).
+        CheckpointNotFoundError: ``pretrained_path`` does not exist (a subclass
+            of both ``FileNotFoundError`` and ``ValueError``).
+
+    Example:
+        >>> import torch
+        >>> net = build_network("densenet121", num_classes=2, in_channels=1)
+        >>> net(torch.zeros(2, 1, 64, 64)).shape
+        torch.Size([2, 2])
+    """
+    if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
+        raise ValueError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
+    key = name.strip().lower()
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    in_channels = _check_positive_int(in_channels, "in_channels")
+
+    constructor, stem_name, head_name = _REGISTRY[key]
+    network = constructor(weights=None, num_classes=num_classes)
+
+    if in_channels != 3:
+        old: nn.Conv2d = _get_submodule(network, stem_name)  # type: ignore[assignment]
+        new = nn.Conv2d(
+            in_channels,
+            old.out_channels,
+            kernel_size=old.kernel_size,  # type: ignore[arg-type]
+            stride=old.stride,  # type: ignore[arg-type]
+            padding=old.padding,  # type: ignore[arg-type]
+            dilation=old.dilation,  # type: ignore[arg-type]
+            groups=old.groups,
+            bias=old.bias is not None,
+        )
+        # Same initialisation torchvision applies to the original stem.
+        if key.startswith("resnet"):
+            nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+        else:
+            nn.init.kaiming_normal_(new.weight)
+        _set_submodule(network, stem_name, new)
+        logger.debug("%s: replaced stem %s for in_channels=%d.", key, stem_name, in_channels)
+
+    if pretrained_path is not None:
+        _load_pretrained(network, key, stem_name, head_name, in_channels, pretrained_path)
+
+    logger.info(
+        "Built %s (in_channels=%d, num_classes=%d, pretrained=%s).",
+        key,
+        in_channels,
+        num_classes,
+        os.fspath(pretrained_path) if pretrained_path is not None else None,
+    )
+    return network
+
+
+def _load_pretrained(
+    network: nn.Module,
+    name: str,
+    stem_name: str,
+    head_name: str,
+    in_channels: int,
+    pretrained_path: PathLike,
+) -> None:
+    path_str = os.fspath(pretrained_path)
+    obj = _torch_load(
+        path_str,
+        "pretrained_path",
+        ": pass a local torchvision ImageNet state-dict file (weights are never downloaded) or None.",
+    )
+    if not _is_state_dict(obj) and isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "network"):
+            if _is_state_dict(obj.get(wrapper)):
+                obj = obj[wrapper]
+                break
+    if not _is_state_dict(obj):
+        raise ValueError(
+            f"pretrained_path {path_str!r} is not a state dict (got {_describe(obj)}); expected the "
+            f"output of torch.save(torchvision.models.{name}().state_dict(), path)."
+        )
+    src = _strip_prefixes(obj)
+    if name.startswith("densenet"):
+        src = {
+            (m.group(1) + m.group(2) if (m := _OLD_DENSENET_KEY.match(k)) else k): v for k, v in src.items()
+        }
+
+    head_prefix = head_name + "."
+    target = network.state_dict()
+    expected = {k for k in target if not k.startswith(head_prefix)}
+    provided = {k for k in src if not k.startswith(head_prefix)}
+    missing = {k for k in expected - provided if not k.endswith(_OPTIONAL_SUFFIX)}
+    unexpected = provided - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained_path {path_str!r} does not match a torchvision {name} state dict: "
+            f"{len(missing)} missing keys {_first(missing)}, {len(unexpected)} unexpected keys "
+            f"{_first(unexpected)}."
+        )
+
+    stem_key = stem_name + ".weight"
+    to_load: dict[str, torch.Tensor] = {}
+    bad_shapes = []
+    for k in sorted(expected & provided):
+        value = src[k]
+        want = target[k].shape
+        if k == stem_key and value.shape != want:
+            if value.dim() == 4 and value.shape[1] == 3 and value.shape[0] == want[0] and value.shape[2:] == want[2:]:
+                value = _adapt_stem_weight(value, in_channels)
+                logger.info(
+                    "Adapted pretrained stem %s from 3 to %d input channels (sum of RGB kernels / %d).",
+                    stem_key,
+                    in_channels,
+                    in_channels,
+                )
+        if value.shape != want:
+            bad_shapes.append(f"{k!r}: file {tuple(value.shape)} vs model {tuple(want)}")
+            continue
+        to_load[k] = value.to(dtype=target[k].dtype)
+    if bad_shapes:
+        raise ValueError(
+            f"pretrained_path {path_str!r} has tensors whose shapes do not match {name}: "
+            + "; ".join(bad_shapes[:_MAX_KEYS_SHOWN])
+            + (f" ... (+{len(bad_shapes) - _MAX_KEYS_SHOWN} more)" if len(bad_shapes) > _MAX_KEYS_SHOWN else "")
+        )
+    result = network.load_state_dict(to_load, strict=False)
+    not_loaded = [
+        k for k in result.missing_keys if not k.startswith(head_prefix) and not k.endswith(_OPTIONAL_SUFFIX)
+    ]
+    if not_loaded or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
+        raise ValueError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
+    skipped = sorted(k for k in src if k.startswith(head_prefix))
+    logger.info("Loaded %d pretrained tensors from %s (skipped head %s).", len(to_load), path_str, skipped)
+
+
+def load_network(
+    network: nn.Module,
+    checkpoint_path: PathLike,
+    key: Optional[str] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> nn.Module:
+    """Load trained weights into ``network`` and return it frozen (teacher).
+
+    Accepted file contents (read with ``torch.load(weights_only=True)`` on CPU):
+
+    * a plain state dict (``torch.save(net.state_dict(), "model.pt")``);
+    * a dict wrapping it, e.g. ``{"network": state_dict}`` as written by MONAI's
+      ``CheckpointSaver``, or a training checkpoint with ``network`` /
+      ``student`` / ``optimizer`` / ... entries.
+
+    With ``key=None`` the ``"network"`` entry is used if present, then
+    ``"student"``, otherwise the file is treated as a plain state dict. A DDP
+    ``module.`` (or ``torch.compile`` ``_orig_mod.``) prefix is stripped.
+
+    Args:
+        network: the module to load into (typically from :func:`build_network`
+            with the same name / classes / channels as at training time).
+        checkpoint_path: the ``.pt`` file.
+        key: entry of a checkpoint dict holding the state dict, or ``None`` to
+            auto-detect as described above.
+        device: where to move the network (``None`` keeps it where it is).
+
+    Returns:
+        ``network`` with the loaded weights, on ``device``, in eval mode, with
+        ``requires_grad`` disabled on all parameters (see :func:`frozen`).
+
+    Raises:
+        CheckpointNotFoundError: the file does not exist (message says to train
+            the teacher first or pass ``--teacher_ckpt``); subclass of both
+            ``FileNotFoundError`` and ``ValueError``.
+        ValueError: unreadable file, ``key`` not in the checkpoint, no state dict
+            found, or keys / shapes not matching ``network`` (the message names
+            the file and the first mismatched keys).
+
+    Example:
+        >>> teacher = load_network(
+        ...     build_network("resnet50", num_classes=2, in_channels=1),
+        ...     "runs/teacher/model.pt",
+        ...     device="cuda",
+        ... )  # doctest: +SKIP
+    """
+    path_str = os.fspath(checkpoint_path)
+    obj = _torch_load(
+        path_str,
+        "teacher_ckpt (checkpoint_path)",
+        ": train the teacher first with configs/train_teacher.json or pass --teacher_ckpt "
+        "<path to the teacher's model.pt>.",
+    )
+
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise ValueError(
+                f"checkpoint_path {path_str!r} has no entry key={key!r} (file holds {_describe(obj)}); "
+                f"pass key=None for auto-detection or one of its keys."
+            )
+        state = obj[key]
+        where = f"entry {key!r}"
+    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("network")):
+        state, where = obj["network"], "entry 'network'"
+    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("student")):
+        state, where = obj["student"], "entry 'student'"
+    else:
+        state, where = obj, "plain state dict"
+
+    if not _is_state_dict(state):
+        raise ValueError(
+            f"checkpoint_path {path_str!r}: {where} is not a state dict (got {_describe(state)}); "
+            f"pass key=<entry holding the network weights>."
+        )
+    state = _strip_prefixes(state)
+
+    target = network.state_dict()
+    missing = set(target) - set(state)
+    unexpected = set(state) - set(target)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint_path {path_str!r} ({where}) does not match the network "
+            f"({type(network).__name__}): {len(missing)} missing keys {_first(missing)}, "
+            f"{len(unexpected)} unexpected keys {_first(unexpected)}. Build the network with the same "
+            f"name / num_classes / in_channels as at training time."
+        )
+    bad = [
+        f"{k!r}: file {tuple(v.shape)} vs network {tuple(target[k].shape)}"
+        for k, v in sorted(state.items())
+        if v.shape != target[k].shape
+    ]
+    if bad:
+        raise ValueError(
+            f"checkpoint_path {path_str!r} ({where}) has tensors whose shapes do not match the network: "
+            + "; ".join(bad[:_MAX_KEYS_SHOWN])
+            + (f" ... (+{len(bad) - _MAX_KEYS_SHOWN} more)" if len(bad) > _MAX_KEYS_SHOWN else "")
+            + ". Check num_classes / in_channels."
+        )
+    network.load_state_dict(state, strict=True)
+    if device is not None:
+        network = network.to(device)
+    logger.info("Loaded %s from %s (%s); network frozen.", type(network).__name__, path_str, where)
+    return frozen(network)

@@ -1,0 +1,516 @@
+"""MONAI-style transforms for 4D cine MRI volumes (x, y, z, t) and 2D frames taken from them.
+
+The volumes are loaded once per patient (and typically cached by :class:`monai.data.CacheDataset`);
+the frame transforms then pick one short-axis slice ``z`` at one cardiac phase ``t`` and return it as a
+channel-first float32 tensor ``(1, X, Y)`` that never shares memory with the cached volume.
+
+* :class:`LoadCineVolume` / :class:`LoadCineVolumed`: NIfTI path -> numpy array ``(X, Y, Z, T)`` in the
+  closest-canonical (RAS+) voxel order, plus the voxel spacing in mm. Two backends (nibabel, SimpleITK) give
+  the identical array for the same file.
+* :class:`SelectCineFrame` / :class:`SelectCineFramed`: pick ``volume[:, :, z, t]`` (deterministic).
+* :class:`RandCineFramed`: draw ``z`` and ``t`` (uniformly, or ``t`` from {ED, ES}), record them in the
+  dictionary and select the frame with :class:`SelectCineFramed`.
+
+Intensity scaling, rotation, flipping and padding/cropping are left to MONAI's own dictionary transforms
+(``ScaleIntensityRangePercentilesd``, ``RandRotated``, ``RandFlipd``, ``ResizeWithPadOrCropd``, ...).
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, RandomizableTransform, Transform
+
+__all__ = [
+    "BACKENDS",
+    "LoadCineVolume",
+    "LoadCineVolumed",
+    "SelectCineFrame",
+    "SelectCineFramed",
+    "RandCineFramed",
+    "CINE_FRAME_MODES",
+]
+
+_FILE = "mnms_groupdistil/transforms.py"
+
+#: Backends accepted by :class:`LoadCineVolume`.
+BACKENDS = ("nibabel", "simpleitk")
+#: Modes accepted by :class:`RandCineFramed`.
+CINE_FRAME_MODES = ("random", "ed_es")
+
+# LPS (ITK) <-> RAS (NIfTI / nibabel) world coordinates: negate x and y.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _canonical_reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorder/flip the first three axes of ``array`` to the closest-canonical (RAS+) voxel order.
+
+    Args:
+        array: voxel array indexed ``(i, j, k, ...)``; trailing axes (time) are kept as they are.
+        affine: 4x4 voxel -> RAS+ world (mm) affine of ``array``.
+
+    Returns:
+        The reoriented array (C-contiguous) and its affine.
+    """
+    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
+
+    ornt = io_orientation(affine)
+    out = apply_orientation(array, ornt)
+    new_affine = affine @ inv_ornt_aff(ornt, array.shape[:3])
+    return np.ascontiguousarray(out), new_affine
+
+
+def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size (mm) along the three voxel axes: the column norms of the affine's 3x3 block."""
+    return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
+
+
+def _check_nifti_size(path: str) -> None:
+    """Raise ValueError when a NIfTI file holds fewer data bytes than its header announces.
+
+    SimpleITK/ITK silently zero-fills the missing voxels of a truncated NIfTI file, so the SimpleITK backend checks
+    the size itself: the file size for ``.nii``, the gzip trailer (then, if that disagrees, a streamed count of the
+    decompressed bytes) for ``.nii.gz``. Files that nibabel does not recognise as NIfTI are not checked.
+    """
+    import gzip
+    import zlib
+
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            return
+        hdr = img.header
+        # the in-memory header's vox_offset is reset by nibabel; the array proxy keeps the file's data offset
+        expected = int(img.dataobj.offset) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * int(
+            hdr.get_data_dtype().itemsize
+        )
+    except Exception:  # not something nibabel understands: leave the checks to ITK
+        return
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if magic != b"\x1f\x8b":
+        actual = os.path.getsize(path)
+    else:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = int.from_bytes(f.read(4), "little")
+        if isize == expected % (1 << 32):
+            return
+        actual = 0
+        try:
+            with gzip.open(path, "rb") as g:
+                while chunk := g.read(1 << 22):
+                    actual += len(chunk)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ValueError(
+                f"{_FILE}: cannot load cine volume {path!r}: damaged gzip stream ({type(e).__name__}: {e})."
+            ) from None
+    if actual < expected:
+        raise ValueError(
+            f"{_FILE}: cannot load cine volume {path!r}: the file is truncated ({actual} bytes of header + data, "
+            f"the header announces {expected})."
+        )
+
+
+class LoadCineVolume(Transform):
+    """Load a 4D cine MRI NIfTI file as a numpy array ``(X, Y, Z, T)`` in closest-canonical (RAS+) order.
+
+    The voxel axes are permuted/flipped (never resampled) so that the first three axes point as close as
+    possible to +R, +A, +S, exactly as ``nibabel.as_closest_canonical`` does. The time axis is kept as stored.
+    Both backends return the identical array for the same file: SimpleITK's ``(T, Z, Y, X)`` array order and
+    LPS world convention are converted. The stored dtype is kept unless ``dtype`` is given (the volumes are
+    cached, so int16 files stay int16); files with NIfTI intensity scaling (``scl_slope``/``scl_inter``) come
+    back as the scaled floating point data.
+
+    Args:
+        backend: ``"nibabel"`` (default; accepts any affine, including non-orthonormal direction cosines) or
+            ``"simpleitk"`` (refuses non-orthonormal direction cosines; a ValueError then suggests nibabel).
+        dtype: numpy dtype to cast the array to, or None to keep the stored dtype.
+
+    Raises:
+        ValueError: unknown ``backend``.
+        TypeError: ``dtype`` is not a valid numpy dtype.
+    """
+
+    def __init__(self, backend: str = "nibabel", dtype: Any = None) -> None:
+        if not isinstance(backend, str) or backend.lower() not in BACKENDS:
+            raise ValueError(f"{_FILE}: LoadCineVolume backend={backend!r} is not one of {BACKENDS}.")
+        self.backend = backend.lower()
+        if dtype is not None:
+            try:
+                dtype = np.dtype(dtype)
+            except TypeError as e:
+                raise TypeError(f"{_FILE}: LoadCineVolume dtype={dtype!r} is not a numpy dtype.") from e
+        self.dtype = dtype
+
+    def __call__(self, filename: str | os.PathLike) -> np.ndarray:
+        """Load ``filename`` and return the canonical-order array ``(X, Y, Z, T)``.
+
+        Args:
+            filename: path of a 4D NIfTI file.
+
+        Raises:
+            TypeError: ``filename`` is not a path.
+            ValueError: the file is missing, unreadable, not 4D, or refused by SimpleITK.
+        """
+        return self.load(filename)[0]
+
+    def load(self, filename: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Load ``filename``; return ``(array, spacing)``.
+
+        Args:
+            filename: path of a 4D NIfTI file.
+
+        Returns:
+            The canonical-order array ``(X, Y, Z, T)`` and the voxel spacing ``(sx, sy, sz)`` in mm along
+            the returned array's first three axes.
+
+        Raises:
+            TypeError: ``filename`` is not a path.
+            ValueError: the file is missing, unreadable, not 4D, or refused by SimpleITK.
+        """
+        if not isinstance(filename, (str, os.PathLike)):
+            raise TypeError(
+                f"{_FILE}: LoadCineVolume expects a file path (str or os.PathLike), got {type(filename).__name__}."
+            )
+        path = os.fspath(filename)
+        if not os.path.isfile(path):
+            raise ValueError(f"{_FILE}: cannot load cine volume {path!r}: file does not exist.")
+        if self.backend == "nibabel":
+            array, affine = self._read_nibabel(path)
+        else:
+            array, affine = self._read_simpleitk(path)
+        if array.ndim != 4:
+            raise ValueError(
+                f"{_FILE}: cannot load cine volume {path!r}: expected a 4D (x, y, z, t) image, "
+                f"got shape {tuple(array.shape)}."
+            )
+        if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+            raise ValueError(f"{_FILE}: cannot load cine volume {path!r}: degenerate affine\n{affine}.")
+        array, affine = _canonical_reorient(array, affine)
+        if self.dtype is not None and array.dtype != self.dtype:
+            array = array.astype(self.dtype)
+        return array, _spacing_from_affine(affine)
+
+    @staticmethod
+    def _read_nibabel(path: str) -> tuple[np.ndarray, np.ndarray]:
+        import nibabel as nib
+
+        try:
+            img = nib.load(path)
+            array = np.asanyarray(img.dataobj)
+            affine = np.asarray(img.affine, dtype=float)
+        except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, OSError, zlib.error...)
+            raise ValueError(
+                f"{_FILE}: cannot load cine volume {path!r} with nibabel: {type(e).__name__}: {e}"
+            ) from e
+        return array, affine
+
+    @staticmethod
+    def _read_simpleitk(path: str) -> tuple[np.ndarray, np.ndarray]:
+        import SimpleITK as sitk
+
+        try:
+            img = sitk.ReadImage(path)
+        except RuntimeError as e:
+            msg = str(e)
+            if "orthonormal" in msg.lower():
+                raise ValueError(
+                    f"{_FILE}: SimpleITK refuses cine volume {path!r}: its direction cosines are not orthonormal "
+                    "(ITK only supports orthonormal direction cosines). Use backend='nibabel', which reads "
+                    "such files."
+                ) from None
+            last = [line.strip() for line in msg.strip().splitlines() if line.strip()]
+            reason = last[-1] if last else "unknown error"
+            raise ValueError(f"{_FILE}: cannot load cine volume {path!r} with SimpleITK: {reason}") from None
+        _check_nifti_size(path)  # ITK zero-fills truncated NIfTI data silently
+        dim = img.GetDimension()
+        if dim != 4 or img.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(
+                f"{_FILE}: cannot load cine volume {path!r}: expected a 4D scalar (x, y, z, t) image, "
+                f"SimpleITK read a {dim}D image of size {img.GetSize()} with "
+                f"{img.GetNumberOfComponentsPerPixel()} component(s) per pixel."
+            )
+        # SimpleITK's array is (T, Z, Y, X): reverse to (X, Y, Z, T).
+        array = np.transpose(sitk.GetArrayFromImage(img), (3, 2, 1, 0))
+        direction = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+        spacing = np.asarray(img.GetSpacing()[:3], dtype=float)
+        origin = np.asarray(img.GetOrigin()[:3], dtype=float)
+        affine_lps = np.eye(4)
+        affine_lps[:3, :3] = direction * spacing[None, :]
+        affine_lps[:3, 3] = origin
+        return array, _LPS_TO_RAS @ affine_lps
+
+
+class LoadCineVolumed(MapTransform):
+    """Dictionary wrapper of :class:`LoadCineVolume`.
+
+    Replaces the path in ``d[key]`` with the canonical-order array ``(X, Y, Z, T)`` and writes the voxel spacing
+    (tuple of 3 floats, mm, x/y/z of the returned array) under ``spacing_key`` (for the first key only when several
+    keys are given, and only if ``spacing_key`` is not None).
+
+    Args:
+        keys: keys of the paths to load.
+        backend: ``"nibabel"`` or ``"simpleitk"``, see :class:`LoadCineVolume`.
+        dtype: numpy dtype to cast to, or None to keep the stored dtype.
+        spacing_key: key to write the spacing under; None to not write it.
+        subject_key: key of the subject code, quoted in error messages when present.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: unknown ``backend``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        backend: str = "nibabel",
+        dtype: Any = None,
+        spacing_key: Hashable | None = "spacing",
+        subject_key: Hashable | None = "subject",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadCineVolume(backend=backend, dtype=dtype)
+        self.spacing_key = spacing_key
+        self.subject_key = subject_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every key of ``data``.
+
+        Raises:
+            KeyError: a key is missing and ``allow_missing_keys`` is False.
+            TypeError, ValueError: as :meth:`LoadCineVolume.load`, prefixed with the subject code.
+        """
+        d = dict(data)
+        subject = d.get(self.subject_key) if self.subject_key is not None else None
+        first = True
+        for key in self.key_iterator(d):
+            try:
+                array, spacing = self.loader.load(d[key])
+            except (ValueError, TypeError) as e:
+                prefix = f"subject {subject!r}, key {key!r}: " if subject is not None else f"key {key!r}: "
+                raise type(e)(prefix + str(e)) from e
+            d[key] = array
+            if first and self.spacing_key is not None:
+                d[self.spacing_key] = spacing
+            first = False
+        return d
+
+
+def _check_index(value: Any, name: str, size: int, shape: tuple[int, ...]) -> int:
+    """Validate an integer index in ``[0, size)`` and return it as ``int``."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if int(value.numel() if isinstance(value, torch.Tensor) else value.size) != 1:
+            raise TypeError(f"{_FILE}: {name} must be a single integer, got an array of shape {tuple(value.shape)}.")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{_FILE}: {name} must be an integer, got {value!r} ({type(value).__name__}).")
+    value = int(value)
+    if not 0 <= value < size:
+        raise ValueError(
+            f"{_FILE}: {name}={value} is out of range [0, {size}) for a cine volume of shape {shape} (X, Y, Z, T)."
+        )
+    return value
+
+
+class SelectCineFrame(Transform):
+    """Pick one slice ``z`` at one frame ``t`` of a cine volume ``(X, Y, Z, T)``.
+
+    Returns ``volume[:, :, z, t]`` as a new float32 torch tensor of shape ``(1, X, Y)`` (channel first). The result
+    is always a copy, never a view of the (typically cached) volume.
+    """
+
+    def __call__(self, volume: np.ndarray | torch.Tensor, slice_index: int, frame_index: int) -> torch.Tensor:
+        """Select the frame.
+
+        Args:
+            volume: 4D array or tensor ``(X, Y, Z, T)``.
+            slice_index: ``z`` in ``[0, Z)``.
+            frame_index: ``t`` in ``[0, T)``.
+
+        Raises:
+            TypeError: ``volume`` is not an array/tensor, or an index is not an integer.
+            ValueError: ``volume`` is not 4D, or an index is out of range.
+        """
+        if not isinstance(volume, (np.ndarray, torch.Tensor)):
+            raise TypeError(
+                f"{_FILE}: SelectCineFrame expects a numpy array or torch tensor (X, Y, Z, T), "
+                f"got {type(volume).__name__}."
+            )
+        shape = tuple(int(s) for s in volume.shape)
+        if len(shape) != 4:
+            raise ValueError(f"{_FILE}: SelectCineFrame expects a 4D volume (X, Y, Z, T), got shape {shape}.")
+        z = _check_index(slice_index, "slice index z", shape[2], shape)
+        t = _check_index(frame_index, "frame index t", shape[3], shape)
+        if isinstance(volume, torch.Tensor):
+            frame = volume[:, :, z, t].detach().to(device="cpu", dtype=torch.float32, copy=True)
+            if hasattr(frame, "as_tensor"):  # MetaTensor: drop the 4D volume's metadata
+                frame = frame.as_tensor()
+            return frame.contiguous().unsqueeze(0)
+        frame = np.array(volume[:, :, z, t], dtype=np.float32, order="C", copy=True)
+        return torch.from_numpy(frame).unsqueeze(0)
+
+
+class SelectCineFramed(MapTransform):
+    """Dictionary wrapper of :class:`SelectCineFrame`, using the indices stored in the dictionary.
+
+    Args:
+        keys: keys of the 4D volumes to take the frame from (e.g. image and segmentation).
+        slice_key: key of the slice index ``z``.
+        frame_key: key of the frame index ``t``.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        slice_key: Hashable = "slice",
+        frame_key: Hashable = "frame",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.slice_key = slice_key
+        self.frame_key = frame_key
+        self.selector = SelectCineFrame()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace each volume in ``data`` by its frame ``(1, X, Y)``; the input dictionary is not modified.
+
+        Raises:
+            ValueError: ``slice_key`` or ``frame_key`` is missing, or an index is out of range.
+            KeyError: a key is missing and ``allow_missing_keys`` is False.
+        """
+        d = dict(data)
+        for name, k in (("slice_key", self.slice_key), ("frame_key", self.frame_key)):
+            if k not in d:
+                raise ValueError(
+                    f"{_FILE}: SelectCineFramed {name}={k!r} is not in the data (keys: {sorted(map(str, d))}); "
+                    "use RandCineFramed or frame entries that carry the slice/frame indices."
+                )
+        for key in self.key_iterator(d):
+            d[key] = self.selector(d[key], d[self.slice_key], d[self.frame_key])
+        return d
+
+
+class RandCineFramed(RandomizableTransform, MapTransform):
+    """Draw a slice and a frame of the cine volume(s), record them in the dictionary, and select that frame.
+
+    ``randomize`` draws ``z`` uniformly in ``[0, Z)`` and then ``t`` uniformly in ``[0, T)`` (``mode="random"``)
+    or uniformly from ``{ED, ES}`` (``mode="ed_es"``, ED/ES read from ``ed_key``/``es_key``). ``Z`` and ``T`` are
+    taken from the shape of the first volume. The drawn indices are written under ``slice_key``/``frame_key`` and
+    the frame is selected by an internal :class:`SelectCineFramed` (the same code as the deterministic path).
+    Reproducible through ``set_random_state(seed)``.
+
+    Args:
+        keys: keys of the 4D volumes (all must share Z and T).
+        mode: ``"random"`` or ``"ed_es"``.
+        slice_key: key to write the drawn slice index under.
+        frame_key: key to write the drawn frame index under.
+        ed_key: key of the end-diastolic frame index (``"ed_es"`` mode).
+        es_key: key of the end-systolic frame index (``"ed_es"`` mode).
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: unknown ``mode``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        mode: str = "random",
+        slice_key: Hashable = "slice",
+        frame_key: Hashable = "frame",
+        ed_key: Hashable = "ed",
+        es_key: Hashable = "es",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if mode not in CINE_FRAME_MODES:
+            raise ValueError(f"{_FILE}: RandCineFramed mode={mode!r} is not one of {CINE_FRAME_MODES}.")
+        self.mode = mode
+        self.ed_key = ed_key
+        self.es_key = es_key
+        self.select = SelectCineFramed(
+            keys=keys, slice_key=slice_key, frame_key=frame_key, allow_missing_keys=allow_missing_keys
+        )
+        self._slice: int | None = None
+        self._frame: int | None = None
+
+    @property
+    def slice_key(self) -> Hashable:
+        return self.select.slice_key
+
+    @property
+    def frame_key(self) -> Hashable:
+        return self.select.frame_key
+
+    def randomize(self, num_slices: int, num_frames: int, ed: int | None = None, es: int | None = None) -> None:
+        """Draw the slice and the frame.
+
+        Args:
+            num_slices: Z, number of slices (>= 1).
+            num_frames: T, number of frames (>= 1).
+            ed: end-diastolic frame index in ``[0, T)`` (required in ``"ed_es"`` mode).
+            es: end-systolic frame index in ``[0, T)`` (required in ``"ed_es"`` mode).
+
+        Raises:
+            ValueError: non-positive sizes, or ED/ES missing or out of range in ``"ed_es"`` mode.
+        """
+        self._do_transform = True
+        if int(num_slices) < 1 or int(num_frames) < 1:
+            raise ValueError(
+                f"{_FILE}: RandCineFramed needs num_slices >= 1 and num_frames >= 1, got {num_slices}, {num_frames}."
+            )
+        shape = (-1, -1, int(num_slices), int(num_frames))
+        z = int(self.R.randint(int(num_slices)))
+        if self.mode == "random":
+            t = int(self.R.randint(int(num_frames)))
+        else:
+            if ed is None or es is None:
+                raise ValueError(
+                    f"{_FILE}: RandCineFramed mode='ed_es' needs the ED and ES frame indices "
+                    f"({self.ed_key!r}={ed!r}, {self.es_key!r}={es!r})."
+                )
+            phases = (
+                _check_index(ed, f"ED frame ({self.ed_key!r})", int(num_frames), shape),
+                _check_index(es, f"ES frame ({self.es_key!r})", int(num_frames), shape),
+            )
+            t = phases[int(self.R.randint(2))]
+        self._slice, self._frame = z, t
+
+    def __call__(self, data: Mapping[Hashable, Any], randomize: bool = True) -> dict[Hashable, Any]:
+        """Draw (unless ``randomize=False``, which reuses the last draw) and select the frame.
+
+        Raises:
+            ValueError: the volumes are not 4D or have different Z/T, or as :meth:`randomize`.
+            KeyError: a key is missing and ``allow_missing_keys`` is False.
+        """
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        shapes = []
+        for key in keys:
+            shape = tuple(int(s) for s in getattr(d[key], "shape", ()))
+            if len(shape) != 4:
+                raise ValueError(
+                    f"{_FILE}: RandCineFramed expects a 4D volume (X, Y, Z, T) under key {key!r}, got shape {shape}."
+                )
+            shapes.append(shape)
+        if any(s[2:] != shapes[0][2:] for s in shapes):
+            raise ValueError(f"{_FILE}: RandCineFramed volumes under {keys} differ in (Z, T): {shapes}.")
+        if randomize or self._slice is None:
+            self.randomize(shapes[0][2], shapes[0][3], d.get(self.ed_key), d.get(self.es_key))
+        d[self.slice_key] = self._slice
+        d[self.frame_key] = self._frame
+        return self.select(d)

@@ -1,0 +1,180 @@
+"""The loss handler inside a real MONAI SupervisedTrainer, on CPU, in all four training modes."""
+
+import json
+import logging
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch.utils.data import DataLoader
+
+from mnms_groupdistil.data.samplers import GroupBatchSampler
+from mnms_groupdistil.handlers import GroupScalarWriter, GroupWeightedLossHandler, MetricsReport
+from mnms_groupdistil.losses import CrossEntropyLoss, DistillationLoss, GroupWeightedLoss, GroupWeights
+
+
+def _toy_data(n_per_group=48, seed=0):
+    """Groups 0 and 1: label = sign of the mean pixel (learnable); group 2: random labels (hard)."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for group in range(3):
+        for _ in range(n_per_group):
+            x = torch.randn(1, 4, 4, generator=g)
+            label = int(x.mean() > 0) if group < 2 else int(torch.randint(2, (1,), generator=g))
+            items.append({"image": x, "label": label, "group": group})
+    return items
+
+
+def _net(seed):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+
+
+def _trainer(mode, data, epochs=3, handlers=(), group_weights=None, network=None):
+    robust = mode in ("groupdro", "groupdistil")
+    teacher = None
+    sample_loss = CrossEntropyLoss()
+    if mode in ("kd", "groupdistil"):
+        teacher = _net(123).eval().requires_grad_(False)
+        sample_loss = DistillationLoss(temperature=4.0, alpha=0.9)
+    group_weights = group_weights or GroupWeights(3, step_size=0.05)
+    handler = GroupWeightedLossHandler(GroupWeightedLoss(group_weights, robust=robust), sample_loss, teacher)
+    if robust:
+        loader = DataLoader(data, batch_sampler=GroupBatchSampler([d["group"] for d in data], 16, seed=0))
+    else:
+        loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    network = network or _net(0)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=torch.optim.SGD(network.parameters(), lr=0.5),
+        loss_function=handler,
+        train_handlers=[handler, *handlers],
+        decollate=False,
+    )
+    return trainer, handler, teacher
+
+
+@pytest.mark.parametrize("mode", ["erm", "groupdro", "kd", "groupdistil"])
+def test_each_mode_trains_a_toy_student(mode):
+    data = _toy_data()
+    trainer, handler, teacher = _trainer(mode, data)
+    before = [p.clone() for p in trainer.network.parameters()]
+    teacher_before = None if teacher is None else [p.clone() for p in teacher.parameters()]
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    trainer.run()
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    if teacher is not None:
+        assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
+    weights = trainer.state.group_weights
+    assert weights.shape == (3,) and weights.sum().item() == pytest.approx(1.0, abs=1e-6)
+    if mode in ("erm", "kd"):
+        assert weights.tolist() == pytest.approx([1 / 3] * 3)
+    else:
+        assert int(handler.loss.group_weights.num_updates) == trainer.state.iteration
+    assert trainer.state.group_counts.sum() == 16 or mode in ("erm", "kd")
+
+
+def test_weights_move_towards_the_hardest_group():
+    trainer, _, _ = _trainer("groupdro", _toy_data(), epochs=8)
+    trainer.run()
+    weights = trainer.state.group_weights
+    assert weights[2] > 1 / 3
+    assert weights[2] > weights[0] and weights[2] > weights[1]
+
+
+def test_teacher_runs_in_eval_mode_without_grad():
+    data = _toy_data(8)
+    trainer, handler, teacher = _trainer("groupdistil", data, epochs=1)
+    teacher.train()  # a caller left it in train mode: the handler must switch it back
+    seen = []
+    teacher.register_forward_hook(lambda m, i, o: seen.append((m.training, torch.is_grad_enabled())))
+    trainer.run()
+    assert seen and all(training is False and grad is False for training, grad in seen)
+
+
+def test_mismatched_teacher_and_loss_are_refused():
+    loss = GroupWeightedLoss(GroupWeights(3))
+    with pytest.raises(ValueError, match="teacher"):
+        GroupWeightedLossHandler(loss, DistillationLoss())
+    with pytest.raises(ValueError, match="does not use one"):
+        GroupWeightedLossHandler(loss, CrossEntropyLoss(), teacher=_net(1))
+
+
+def test_missing_group_key_is_a_clear_error():
+    data = [{"image": d["image"], "label": d["label"]} for d in _toy_data(4)]
+    trainer, _, _ = _trainer("erm", data, epochs=1)
+    with pytest.raises(ValueError, match="'group'"):
+        trainer.run()
+
+
+def test_checkpoint_round_trip_resumes_weights_and_epoch(tmp_path):
+    data = _toy_data(16)
+    weights = GroupWeights(3, step_size=0.05)
+    net = _net(0)
+    trainer, _, _ = _trainer("groupdro", data, epochs=2, group_weights=weights, network=net)
+    saver = CheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": trainer.optimizer, "group_weights": weights, "trainer": trainer},
+        save_final=True,
+        final_filename="checkpoint.pt",
+    )
+    saver.attach(trainer)
+    trainer.run()
+    saved = weights.log_weights.clone()
+    assert not torch.allclose(saved, torch.full((3,), saved.mean().item(), dtype=torch.float64))
+
+    fresh_weights = GroupWeights(3, step_size=0.05)
+    fresh_net = _net(7)
+    resumed, _, _ = _trainer("groupdro", data, epochs=3, group_weights=fresh_weights, network=fresh_net)
+    loader = CheckpointLoader(
+        str(tmp_path / "checkpoint.pt"),
+        {"network": fresh_net, "optimizer": resumed.optimizer, "group_weights": fresh_weights, "trainer": resumed},
+    )
+    loader.attach(resumed)
+    epochs_run = []
+    resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+    resumed.add_event_handler(Events.STARTED, lambda e: epochs_run.append(("weights", fresh_weights.log_weights.clone())))
+    resumed.run()
+    assert torch.equal(epochs_run[0][1], saved)  # restored before the first resumed iteration
+    assert epochs_run[1:] == [3]  # only the missing epoch runs
+
+
+def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
+    class Recorder:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.setdefault(tag, []).append((step, value))
+
+        def flush(self):
+            pass
+
+    recorder = Recorder()
+    writer = GroupScalarWriter(["A", "C", "D"])
+    trainer, _, _ = _trainer("groupdro", _toy_data(8), epochs=1)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: writer(e, recorder))
+    trainer.run()
+    n = trainer.state.iteration
+    assert len(recorder.scalars["train_loss"]) == n
+    for g in "ACD":
+        assert len(recorder.scalars[f"group_weight/{g}"]) == n
+    assert sum(len(recorder.scalars.get(f"group_loss/{g}", [])) for g in "ACD") == n  # one group per batch
+
+    report = MetricsReport(tmp_path / "out" / "metrics.json", ["A", "C"], ["val_acc"], ["val_worst"], {"mode": "x"})
+    engine = type("E", (), {})()
+    engine.state = type("S", (), {"metrics": {"val_acc_A": 0.5, "val_acc_C": 1.0, "val_worst": 0.5, "d": {}},
+                                   "epoch": 4, "best_metric": 0.5, "best_metric_epoch": 2})()
+    with caplog.at_level(logging.INFO):
+        report.epoch_completed(engine)
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["per_group"] == {"A": {"val_acc": 0.5}, "C": {"val_acc": 1.0}}
+    assert saved["mode"] == "x" and saved["epoch"] == 4 and saved["best_metric_epoch"] == 2
+    assert "val_worst: 0.500" in caplog.text and "C     | 1.000" in caplog.text
