@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader
 from monai.utils import CommonKeys as Keys
 
 from mnms_groupdistil.losses import GroupWeightedLoss
 
-__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "group_from_batch"]
+__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "attach_resume", "group_from_batch", "latest_checkpoint", "loss_from_output"]
 
 
 def group_from_batch(batch: Any) -> torch.Tensor:
@@ -36,6 +37,46 @@ def group_from_batch(batch: Any) -> torch.Tensor:
             "or pass a group_transform that finds it."
         )
     return torch.as_tensor(batch["group"])
+
+
+def latest_checkpoint(directory: str | Path, pattern: str = "checkpoint*.pt") -> str | None:
+    """The most recently written training checkpoint in ``directory``, or None (a fresh run).
+
+    Used by the bundles to resume a stopped or crashed run from ``output_dir``.
+    """
+    candidates = sorted(Path(directory).glob(pattern), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return str(candidates[-1]) if candidates else None
+
+
+def attach_resume(
+    engine: Engine,
+    directory: str | Path,
+    load_dict: dict[str, Any],
+    map_location: Any = None,
+    pattern: str = "checkpoint*.pt",
+) -> str | None:
+    """Resume ``engine`` from the latest checkpoint in ``directory``, if there is one.
+
+    Attaches MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) for
+    :func:`latest_checkpoint`; the trainer then continues from the saved epoch with the saved
+    network, optimizer and group weights. Does nothing in a directory without checkpoints.
+
+    Args:
+        engine: the trainer.
+        directory: the run's output directory.
+        load_dict: objects to restore, as saved by the run's ``CheckpointSaver``.
+        map_location: passed to ``torch.load``.
+        pattern: checkpoint file names to consider.
+
+    Returns:
+        The checkpoint path resumed from, or None.
+    """
+    path = latest_checkpoint(directory, pattern)
+    if path is None:
+        return None
+    logging.getLogger(__name__).info(f"Resuming from {path}")
+    CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(engine)
+    return path
 
 
 class GroupWeightedLossHandler:
@@ -175,7 +216,7 @@ class GroupScalarWriter:
         loss_tag: str = "train_loss",
     ) -> None:
         self.group_names = [str(g) for g in group_names]
-        self.loss_transform = loss_transform or _loss_from_output
+        self.loss_transform = loss_transform or loss_from_output
         self.loss_tag = loss_tag
 
     def __call__(self, engine: Engine, writer: Any) -> None:
@@ -191,7 +232,7 @@ class GroupScalarWriter:
         writer.flush()
 
 
-def _loss_from_output(output: Any) -> Any:
+def loss_from_output(output: Any) -> Any:
     """The loss from a collated (dict) or decollated (list of dicts) trainer output."""
     if isinstance(output, list):
         output = output[0]

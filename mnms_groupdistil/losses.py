@@ -40,6 +40,14 @@ __all__ = [
 ]
 
 
+def _plain(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain ``torch.Tensor`` view (MONAI's MetaTensor and other subclasses dropped; autograd kept).
+
+    Keeps subclasses out of the group weights, whose checkpoints must load with ``weights_only=True``.
+    """
+    return torch.as_tensor(tensor).as_subclass(torch.Tensor)
+
+
 def _check_logits(name: str, logits: torch.Tensor) -> None:
     if logits.ndim != 2:
         raise ValueError(f"{name} must have shape (batch, classes), got {tuple(logits.shape)}.")
@@ -63,8 +71,8 @@ def cross_entropy_loss(student_logits: torch.Tensor, target: torch.Tensor) -> to
         target: class indices of shape (B,) or (B, 1).
     """
     _check_logits("student_logits", student_logits)
-    target = _as_class_indices(target, student_logits.shape[0]).to(student_logits.device)
-    return F.cross_entropy(student_logits.float(), target, reduction="none")
+    target = _as_class_indices(_plain(target), student_logits.shape[0]).to(student_logits.device)
+    return F.cross_entropy(_plain(student_logits).float(), target, reduction="none")
 
 
 def distillation_loss(
@@ -101,8 +109,8 @@ def distillation_loss(
             "must have the same shape: teacher and student need the same number of classes."
         )
     hard = cross_entropy_loss(student_logits, target)
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    log_p_student = F.log_softmax(_plain(student_logits).float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(_plain(teacher_logits).detach().float() / temperature, dim=1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
     return (1.0 - alpha) * hard + alpha * temperature**2 * kl
 
@@ -155,7 +163,8 @@ def group_sums(losses: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
     Raises:
         ValueError: when shapes differ or a group index is out of range.
     """
-    groups = torch.as_tensor(groups, device=losses.device).reshape(-1).long()
+    losses = _plain(losses)
+    groups = _plain(torch.as_tensor(groups, device=losses.device)).reshape(-1).long()
     if losses.ndim != 1 or groups.shape[0] != losses.shape[0]:
         raise ValueError(f"losses {tuple(losses.shape)} and groups {tuple(groups.shape)} must both have shape (B,).")
     if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
@@ -245,8 +254,8 @@ class GroupWeights:
         Returns:
             The updated weights, shape (G,).
         """
-        group_losses = torch.as_tensor(group_losses).detach().to("cpu", torch.float64).reshape(-1)
-        present = torch.as_tensor(present).to("cpu").reshape(-1).bool()
+        group_losses = _plain(group_losses).detach().to("cpu", torch.float64).reshape(-1)
+        present = _plain(present).to("cpu").reshape(-1).bool()
         if group_losses.shape[0] != self.num_groups or present.shape[0] != self.num_groups:
             raise ValueError(
                 f"expected {self.num_groups} group losses and flags, got {group_losses.shape[0]} and {present.shape[0]}."
@@ -269,7 +278,7 @@ class GroupWeights:
         """
         if "log_weights" not in state_dict:
             raise ValueError(f"group weights state needs a 'log_weights' entry, got keys {sorted(state_dict)}.")
-        log_weights = torch.as_tensor(state_dict["log_weights"]).to("cpu", torch.float64).reshape(-1)
+        log_weights = _plain(state_dict["log_weights"]).to("cpu", torch.float64).reshape(-1)
         if log_weights.shape[0] != self.num_groups:
             raise ValueError(
                 f"checkpoint holds weights for {log_weights.shape[0]} groups, this run has {self.num_groups}: "
@@ -332,7 +341,7 @@ class GroupWeightedLoss:
         means = sums / counts.clamp_min(1)
         group_losses = torch.where(present, means, torch.full_like(means, float("nan")))
         if not self.robust:
-            return GroupLoss(losses.mean(), group_losses, counts)
+            return GroupLoss(_plain(losses).mean(), group_losses, counts)
         weights = self.group_weights.update(means, present).to(losses.device, losses.dtype)
         world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         global_means = local_sums * world_size / counts.to(losses.dtype).clamp_min(1)

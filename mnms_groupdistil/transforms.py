@@ -5,8 +5,8 @@ the frame transforms then pick one short-axis slice ``z`` at one cardiac phase `
 channel-first float32 tensor ``(1, X, Y)`` that never shares memory with the cached volume.
 
 * :class:`LoadCineVolume` / :class:`LoadCineVolumed`: NIfTI path -> numpy array ``(X, Y, Z, T)`` in the
-  closest-canonical (RAS+) voxel order, plus the voxel spacing in mm. Two backends (nibabel, SimpleITK) give
-  the identical array for the same file.
+  stored voxel order, no resampling or reorientation: in-plane axes first, then slice, then time; plus the voxel
+  spacing in mm. Two backends (nibabel, SimpleITK) give the identical array for the same file.
 * :class:`SelectCineFrame` / :class:`SelectCineFramed`: pick ``volume[:, :, z, t]`` (deterministic).
 * :class:`RandCineFramed`: draw ``z`` and ``t`` (uniformly, or ``t`` from {ED, ES}), record them in the
   dictionary and select the frame with :class:`SelectCineFramed`.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,34 +37,10 @@ __all__ = [
     "CINE_FRAME_MODES",
 ]
 
-_FILE = "mnms_groupdistil/transforms.py"
-
 #: Backends accepted by :class:`LoadCineVolume`.
 BACKENDS = ("nibabel", "simpleitk")
 #: Modes accepted by :class:`RandCineFramed`.
 CINE_FRAME_MODES = ("random", "ed_es")
-
-# LPS (ITK) <-> RAS (NIfTI / nibabel) world coordinates: negate x and y.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def _canonical_reorient(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorder/flip the first three axes of ``array`` to the closest-canonical (RAS+) voxel order.
-
-    Args:
-        array: voxel array indexed ``(i, j, k, ...)``; trailing axes (time) are kept as they are.
-        affine: 4x4 voxel -> RAS+ world (mm) affine of ``array``.
-
-    Returns:
-        The reoriented array (C-contiguous) and its affine.
-    """
-    from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
-
-    ornt = io_orientation(affine)
-    out = apply_orientation(array, ornt)
-    new_affine = affine @ inv_ornt_aff(ornt, array.shape[:3])
-    return np.ascontiguousarray(out), new_affine
-
 
 def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along the three voxel axes: the column norms of the affine's 3x3 block."""
@@ -111,24 +87,28 @@ def _check_nifti_size(path: str) -> None:
                     actual += len(chunk)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(
-                f"{_FILE}: cannot load cine volume {path!r}: damaged gzip stream ({type(e).__name__}: {e})."
+                f"cannot load cine volume {path!r}: damaged gzip stream ({type(e).__name__}: {e})."
             ) from None
     if actual < expected:
         raise ValueError(
-            f"{_FILE}: cannot load cine volume {path!r}: the file is truncated ({actual} bytes of header + data, "
+            f"cannot load cine volume {path!r}: the file is truncated ({actual} bytes of header + data, "
             f"the header announces {expected})."
         )
 
 
 class LoadCineVolume(Transform):
-    """Load a 4D cine MRI NIfTI file as a numpy array ``(X, Y, Z, T)`` in closest-canonical (RAS+) order.
+    """Load a 4D cine MRI NIfTI file as a numpy array ``(X, Y, Z, T)`` in the stored voxel order.
 
-    The voxel axes are permuted/flipped (never resampled) so that the first three axes point as close as
-    possible to +R, +A, +S, exactly as ``nibabel.as_closest_canonical`` does. The time axis is kept as stored.
-    Both backends return the identical array for the same file: SimpleITK's ``(T, Z, Y, X)`` array order and
-    LPS world convention are converted. The stored dtype is kept unless ``dtype`` is given (the volumes are
-    cached, so int16 files stay int16); files with NIfTI intensity scaling (``scl_slope``/``scl_inter``) come
-    back as the scaled floating point data.
+    Stored voxel order, no resampling or reorientation: in-plane axes first, then slice, then time. The array is
+    indexed ``(i, j, k, t)`` exactly as in the file (``i``, ``j`` in-plane, ``k`` the short-axis slice, ``t`` the
+    cardiac frame), whatever the orientation of the (typically oblique) stack in the world; the voxels are never
+    permuted or flipped towards RAS+, so ``volume[:, :, z, t]`` is always a stored short-axis image.
+    Both backends return the identical array for the same file: SimpleITK's ``(T, Z, Y, X)`` array order is
+    transposed back to ``(i, j, k, t)`` (its LPS world convention only concerns the affine, not the voxel grid).
+    The spacing is the voxel size along ``i``, ``j``, ``k`` (the affine's column norms, i.e. the NIfTI pixdim).
+    The stored dtype is kept unless ``dtype`` is given (the volumes are cached, so int16 files stay int16); files
+    with NIfTI intensity scaling (``scl_slope``/``scl_inter``) come back as the scaled data in float32 (with both
+    backends).
 
     Args:
         backend: ``"nibabel"`` (default; accepts any affine, including non-orthonormal direction cosines) or
@@ -142,17 +122,17 @@ class LoadCineVolume(Transform):
 
     def __init__(self, backend: str = "nibabel", dtype: Any = None) -> None:
         if not isinstance(backend, str) or backend.lower() not in BACKENDS:
-            raise ValueError(f"{_FILE}: LoadCineVolume backend={backend!r} is not one of {BACKENDS}.")
+            raise ValueError(f"LoadCineVolume backend={backend!r} is not one of {BACKENDS}.")
         self.backend = backend.lower()
         if dtype is not None:
             try:
                 dtype = np.dtype(dtype)
             except TypeError as e:
-                raise TypeError(f"{_FILE}: LoadCineVolume dtype={dtype!r} is not a numpy dtype.") from e
+                raise TypeError(f"LoadCineVolume dtype={dtype!r} is not a numpy dtype.") from e
         self.dtype = dtype
 
     def __call__(self, filename: str | os.PathLike) -> np.ndarray:
-        """Load ``filename`` and return the canonical-order array ``(X, Y, Z, T)``.
+        """Load ``filename`` and return the stored-order array ``(X, Y, Z, T)``.
 
         Args:
             filename: path of a 4D NIfTI file.
@@ -170,8 +150,8 @@ class LoadCineVolume(Transform):
             filename: path of a 4D NIfTI file.
 
         Returns:
-            The canonical-order array ``(X, Y, Z, T)`` and the voxel spacing ``(sx, sy, sz)`` in mm along
-            the returned array's first three axes.
+            The stored-order array ``(X, Y, Z, T)`` (C-contiguous) and the voxel spacing ``(sx, sy, sz)`` in mm
+            along the array's first three axes (the voxel sizes along ``i``, ``j``, ``k``).
 
         Raises:
             TypeError: ``filename`` is not a path.
@@ -179,43 +159,55 @@ class LoadCineVolume(Transform):
         """
         if not isinstance(filename, (str, os.PathLike)):
             raise TypeError(
-                f"{_FILE}: LoadCineVolume expects a file path (str or os.PathLike), got {type(filename).__name__}."
+                f"LoadCineVolume expects a file path (str or os.PathLike), got {type(filename).__name__}."
             )
         path = os.fspath(filename)
         if not os.path.isfile(path):
-            raise ValueError(f"{_FILE}: cannot load cine volume {path!r}: file does not exist.")
+            raise ValueError(f"cannot load cine volume {path!r}: file does not exist.")
         if self.backend == "nibabel":
             array, affine = self._read_nibabel(path)
         else:
             array, affine = self._read_simpleitk(path)
         if array.ndim != 4:
             raise ValueError(
-                f"{_FILE}: cannot load cine volume {path!r}: expected a 4D (x, y, z, t) image, "
+                f"cannot load cine volume {path!r}: expected a 4D (x, y, z, t) image, "
                 f"got shape {tuple(array.shape)}."
             )
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-            raise ValueError(f"{_FILE}: cannot load cine volume {path!r}: degenerate affine\n{affine}.")
-        array, affine = _canonical_reorient(array, affine)
+            raise ValueError(f"cannot load cine volume {path!r}: degenerate affine\n{affine}.")
+        array = np.ascontiguousarray(array)  # stored voxel order (i, j, k, t); no reorientation
         if self.dtype is not None and array.dtype != self.dtype:
             array = array.astype(self.dtype)
         return array, _spacing_from_affine(affine)
 
     @staticmethod
     def _read_nibabel(path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the stored ``(i, j, k, t)`` array and the voxel -> RAS+ world affine."""
         import nibabel as nib
 
         try:
-            img = nib.load(path)
-            array = np.asanyarray(img.dataobj)
+            img = nib.load(path, mmap=False)  # read into memory: the cache must not keep a memory map of the file
+            # nibabel moves scl_slope/scl_inter from the header to the array proxy when it loads a file
+            slope = float(getattr(img.dataobj, "slope", 1.0))
+            inter = float(getattr(img.dataobj, "inter", 0.0))
+            if slope == 1.0 and inter == 0.0:
+                array = np.asanyarray(img.dataobj)  # stored dtype
+            else:  # intensity-scaled file: float32, as SimpleITK gives
+                array = img.get_fdata(dtype=np.float32)
             affine = np.asarray(img.affine, dtype=float)
         except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, OSError, zlib.error...)
             raise ValueError(
-                f"{_FILE}: cannot load cine volume {path!r} with nibabel: {type(e).__name__}: {e}"
+                f"cannot load cine volume {path!r} with nibabel: {type(e).__name__}: {e}"
             ) from e
         return array, affine
 
     @staticmethod
     def _read_simpleitk(path: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return the stored ``(i, j, k, t)`` array and the voxel -> LPS world affine.
+
+        The affine is only used for its column norms (spacing) and determinant (degeneracy check), which do not
+        depend on the LPS/RAS world convention; the voxel data are never flipped.
+        """
         import SimpleITK as sitk
 
         try:
@@ -224,22 +216,22 @@ class LoadCineVolume(Transform):
             msg = str(e)
             if "orthonormal" in msg.lower():
                 raise ValueError(
-                    f"{_FILE}: SimpleITK refuses cine volume {path!r}: its direction cosines are not orthonormal "
+                    f"SimpleITK refuses cine volume {path!r}: its direction cosines are not orthonormal "
                     "(ITK only supports orthonormal direction cosines). Use backend='nibabel', which reads "
                     "such files."
                 ) from None
             last = [line.strip() for line in msg.strip().splitlines() if line.strip()]
             reason = last[-1] if last else "unknown error"
-            raise ValueError(f"{_FILE}: cannot load cine volume {path!r} with SimpleITK: {reason}") from None
+            raise ValueError(f"cannot load cine volume {path!r} with SimpleITK: {reason}") from None
         _check_nifti_size(path)  # ITK zero-fills truncated NIfTI data silently
         dim = img.GetDimension()
         if dim != 4 or img.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(
-                f"{_FILE}: cannot load cine volume {path!r}: expected a 4D scalar (x, y, z, t) image, "
+                f"cannot load cine volume {path!r}: expected a 4D scalar (x, y, z, t) image, "
                 f"SimpleITK read a {dim}D image of size {img.GetSize()} with "
                 f"{img.GetNumberOfComponentsPerPixel()} component(s) per pixel."
             )
-        # SimpleITK's array is (T, Z, Y, X): reverse to (X, Y, Z, T).
+        # SimpleITK's array is (t, k, j, i): reverse to the stored voxel order (i, j, k, t), no flips.
         array = np.transpose(sitk.GetArrayFromImage(img), (3, 2, 1, 0))
         direction = np.asarray(img.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
         spacing = np.asarray(img.GetSpacing()[:3], dtype=float)
@@ -247,15 +239,16 @@ class LoadCineVolume(Transform):
         affine_lps = np.eye(4)
         affine_lps[:3, :3] = direction * spacing[None, :]
         affine_lps[:3, 3] = origin
-        return array, _LPS_TO_RAS @ affine_lps
+        return array, affine_lps
 
 
 class LoadCineVolumed(MapTransform):
     """Dictionary wrapper of :class:`LoadCineVolume`.
 
-    Replaces the path in ``d[key]`` with the canonical-order array ``(X, Y, Z, T)`` and writes the voxel spacing
-    (tuple of 3 floats, mm, x/y/z of the returned array) under ``spacing_key`` (for the first key only when several
-    keys are given, and only if ``spacing_key`` is not None).
+    Replaces the path in ``d[key]`` with the stored-order array ``(X, Y, Z, T)`` (stored voxel order, no
+    resampling or reorientation: in-plane axes first, then slice, then time) and writes the voxel spacing
+    (tuple of 3 floats, mm, along i/j/k of the returned array) under ``spacing_key`` (for the first key only when
+    several keys are given, and only if ``spacing_key`` is not None).
 
     Args:
         keys: keys of the paths to load.
@@ -310,14 +303,14 @@ def _check_index(value: Any, name: str, size: int, shape: tuple[int, ...]) -> in
     """Validate an integer index in ``[0, size)`` and return it as ``int``."""
     if isinstance(value, (torch.Tensor, np.ndarray)):
         if int(value.numel() if isinstance(value, torch.Tensor) else value.size) != 1:
-            raise TypeError(f"{_FILE}: {name} must be a single integer, got an array of shape {tuple(value.shape)}.")
+            raise TypeError(f"{name} must be a single integer, got an array of shape {tuple(value.shape)}.")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{_FILE}: {name} must be an integer, got {value!r} ({type(value).__name__}).")
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
     value = int(value)
     if not 0 <= value < size:
         raise ValueError(
-            f"{_FILE}: {name}={value} is out of range [0, {size}) for a cine volume of shape {shape} (X, Y, Z, T)."
+            f"{name}={value} is out of range [0, {size}) for a cine volume of shape {shape} (X, Y, Z, T)."
         )
     return value
 
@@ -343,12 +336,12 @@ class SelectCineFrame(Transform):
         """
         if not isinstance(volume, (np.ndarray, torch.Tensor)):
             raise TypeError(
-                f"{_FILE}: SelectCineFrame expects a numpy array or torch tensor (X, Y, Z, T), "
+                f"SelectCineFrame expects a numpy array or torch tensor (X, Y, Z, T), "
                 f"got {type(volume).__name__}."
             )
         shape = tuple(int(s) for s in volume.shape)
         if len(shape) != 4:
-            raise ValueError(f"{_FILE}: SelectCineFrame expects a 4D volume (X, Y, Z, T), got shape {shape}.")
+            raise ValueError(f"SelectCineFrame expects a 4D volume (X, Y, Z, T), got shape {shape}.")
         z = _check_index(slice_index, "slice index z", shape[2], shape)
         t = _check_index(frame_index, "frame index t", shape[3], shape)
         if isinstance(volume, torch.Tensor):
@@ -393,7 +386,7 @@ class SelectCineFramed(MapTransform):
         for name, k in (("slice_key", self.slice_key), ("frame_key", self.frame_key)):
             if k not in d:
                 raise ValueError(
-                    f"{_FILE}: SelectCineFramed {name}={k!r} is not in the data (keys: {sorted(map(str, d))}); "
+                    f"SelectCineFramed {name}={k!r} is not in the data (keys: {sorted(map(str, d))}); "
                     "use RandCineFramed or frame entries that carry the slice/frame indices."
                 )
         for key in self.key_iterator(d):
@@ -436,7 +429,7 @@ class RandCineFramed(RandomizableTransform, MapTransform):
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob=1.0)
         if mode not in CINE_FRAME_MODES:
-            raise ValueError(f"{_FILE}: RandCineFramed mode={mode!r} is not one of {CINE_FRAME_MODES}.")
+            raise ValueError(f"RandCineFramed mode={mode!r} is not one of {CINE_FRAME_MODES}.")
         self.mode = mode
         self.ed_key = ed_key
         self.es_key = es_key
@@ -469,7 +462,7 @@ class RandCineFramed(RandomizableTransform, MapTransform):
         self._do_transform = True
         if int(num_slices) < 1 or int(num_frames) < 1:
             raise ValueError(
-                f"{_FILE}: RandCineFramed needs num_slices >= 1 and num_frames >= 1, got {num_slices}, {num_frames}."
+                f"RandCineFramed needs num_slices >= 1 and num_frames >= 1, got {num_slices}, {num_frames}."
             )
         shape = (-1, -1, int(num_slices), int(num_frames))
         z = int(self.R.randint(int(num_slices)))
@@ -478,7 +471,7 @@ class RandCineFramed(RandomizableTransform, MapTransform):
         else:
             if ed is None or es is None:
                 raise ValueError(
-                    f"{_FILE}: RandCineFramed mode='ed_es' needs the ED and ES frame indices "
+                    f"RandCineFramed mode='ed_es' needs the ED and ES frame indices "
                     f"({self.ed_key!r}={ed!r}, {self.es_key!r}={es!r})."
                 )
             phases = (
@@ -504,11 +497,11 @@ class RandCineFramed(RandomizableTransform, MapTransform):
             shape = tuple(int(s) for s in getattr(d[key], "shape", ()))
             if len(shape) != 4:
                 raise ValueError(
-                    f"{_FILE}: RandCineFramed expects a 4D volume (X, Y, Z, T) under key {key!r}, got shape {shape}."
+                    f"RandCineFramed expects a 4D volume (X, Y, Z, T) under key {key!r}, got shape {shape}."
                 )
             shapes.append(shape)
         if any(s[2:] != shapes[0][2:] for s in shapes):
-            raise ValueError(f"{_FILE}: RandCineFramed volumes under {keys} differ in (Z, T): {shapes}.")
+            raise ValueError(f"RandCineFramed volumes under {keys} differ in (Z, T): {shapes}.")
         if randomize or self._slice is None:
             self.randomize(shapes[0][2], shapes[0][3], d.get(self.ed_key), d.get(self.es_key))
         d[self.slice_key] = self._slice

@@ -84,8 +84,10 @@ def test_ed_es_frames(records):
     assert {(f["slice"], f["frame"]) for f in third} == {(z, t) for z in range(4) for t in (5, 2)}
     assert all(f["volume"] == 2 and f["group"] == 3 for f in third)
     bad = dict(records[0], es=5)  # num_frames = 5
-    with pytest.raises(ValueError, match="es=5"):
+    with pytest.raises(ValueError, match="es=5") as exc:
         ed_es_frames([bad])
+    assert str(exc.value).startswith("record 0 (subject 'A0S9V9')")  # names the record, not the source file
+    assert "frames.py" not in str(exc.value)
     no_slices = {k: v for k, v in records[0].items() if k != "num_slices"}
     with pytest.raises(ValueError, match="num_slices"):
         ed_es_frames([no_slices])
@@ -159,8 +161,9 @@ def test_dataset_validation(records):
         CineFrameDataset(volumes, [{"volume": 3, "group": 0}])
     with pytest.raises(ValueError, match="out of range"):
         CineFrameDataset(volumes, [{"volume": -1, "group": 0}])
-    with pytest.raises(ValueError, match="'volume'"):
+    with pytest.raises(ValueError, match="'volume'") as exc:
         CineFrameDataset(volumes, [{"group": 0}])
+    assert str(exc.value).startswith("CineFrameDataset frame entry 0")
     with pytest.raises(TypeError):
         CineFrameDataset(volumes, [{"volume": "0"}])
     with pytest.raises(TypeError):

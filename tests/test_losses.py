@@ -191,3 +191,16 @@ def test_step_size_zero_is_plain_kd():
     fixed = GroupWeightedLoss(GroupWeights(3, step_size=0.01), robust=False)
     assert torch.equal(fixed(per_sample, torch.tensor([0, 0, 0, 0, 1, 2])), plain_kd)
     assert fixed.group_weights.weights.tolist() == pytest.approx([1 / 3] * 3, abs=0)
+
+
+def test_metatensor_inputs_leave_plain_tensors_in_the_weights(tmp_path):
+    """Network outputs are MONAI MetaTensors; the saved weights must still load with weights_only=True."""
+    from monai.data import MetaTensor
+
+    weights = GroupWeights(2, step_size=0.1)
+    logits = MetaTensor(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), meta={"x": 1})
+    losses = cross_entropy_loss(logits, MetaTensor(torch.tensor([1, 1])))
+    GroupWeightedLoss(weights)(losses, MetaTensor(torch.tensor([0, 1])))
+    assert type(weights.log_weights) is torch.Tensor
+    torch.save(weights.state_dict(), tmp_path / "w.pt")
+    assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["log_weights"], weights.log_weights)

@@ -286,8 +286,8 @@ def test_unfillable_split_says_what_is_missing(paper_records):
     with pytest.raises(MnMsDataError) as info:
         select_split(cohort, split="split1", seed=0)
     problems = info.value.problems
-    assert "split1 needs 3 HCM test subjects from vendor C (GE) beyond the 2 for training; the cohort has 4" in problems
-    assert "split1 needs 21 NOR training subjects from vendor A (Siemens); the cohort has 20" in problems
+    assert "split1 needs 3 HCM test subjects from vendor C beyond the 2 for training; the cohort has 4" in problems
+    assert "split1 needs 21 NOR training subjects from vendor A; the cohort has 20" in problems
     assert len(problems) == 2
     with pytest.raises(MnMsDataError, match="unknown split 'split9'"):
         select_split(cohort, split="split9")

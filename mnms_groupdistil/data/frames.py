@@ -27,33 +27,30 @@ from monai.transforms import apply_transform
 
 __all__ = ["random_frames", "ed_es_frames", "CineFrameDataset"]
 
-_FILE = "mnms_groupdistil/data/frames.py"
-
-
 def _int_field(rec: Mapping, key: str, i: int, minimum: int = 0) -> int:
     """Read an integer field of record ``i``; raise ValueError/TypeError naming it when missing or invalid."""
     if not isinstance(rec, Mapping):
-        raise TypeError(f"{_FILE}: record {i} must be a mapping, got {type(rec).__name__}.")
+        raise TypeError(f"record {i} must be a mapping, got {type(rec).__name__}.")
     if key not in rec:
-        raise ValueError(f"{_FILE}: record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
+        raise ValueError(f"record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
     value = rec[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(
-            f"{_FILE}: record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} is not an integer."
+            f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} is not an integer."
         )
     if int(value) < minimum:
         raise ValueError(
-            f"{_FILE}: record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} must be >= {minimum}."
+            f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} must be >= {minimum}."
         )
     return int(value)
 
 
 def _base_entry(rec: Mapping, i: int) -> dict[str, Any]:
     if not isinstance(rec, Mapping):
-        raise TypeError(f"{_FILE}: record {i} must be a mapping, got {type(rec).__name__}.")
+        raise TypeError(f"record {i} must be a mapping, got {type(rec).__name__}.")
     for key in ("group", "subject"):
         if key not in rec:
-            raise ValueError(f"{_FILE}: record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
+            raise ValueError(f"record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
     return {"volume": i, "group": rec["group"], "subject": rec["subject"]}
 
 
@@ -73,9 +70,9 @@ def random_frames(records: Sequence[Mapping], frames_per_patient: int = 20) -> l
         ValueError: ``frames_per_patient`` < 1, or a record lacks "group"/"subject".
     """
     if isinstance(frames_per_patient, bool) or not isinstance(frames_per_patient, numbers.Integral):
-        raise TypeError(f"{_FILE}: frames_per_patient={frames_per_patient!r} must be an integer.")
+        raise TypeError(f"frames_per_patient={frames_per_patient!r} must be an integer.")
     if frames_per_patient < 1:
-        raise ValueError(f"{_FILE}: frames_per_patient={frames_per_patient} must be >= 1.")
+        raise ValueError(f"frames_per_patient={frames_per_patient} must be >= 1.")
     out: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         base = _base_entry(rec, i)
@@ -110,7 +107,7 @@ def ed_es_frames(records: Sequence[Mapping]) -> list[dict[str, Any]]:
             for name, t in (("ed", ed), ("es", es)):
                 if t >= num_frames:
                     raise ValueError(
-                        f"{_FILE}: record {i} (subject {rec['subject']!r}) {name}={t} is out of range for "
+                        f"record {i} (subject {rec['subject']!r}) {name}={t} is out of range for "
                         f"num_frames={num_frames}."
                     )
         phases = (ed,) if ed == es else (ed, es)
@@ -144,19 +141,19 @@ class CineFrameDataset(torch.utils.data.Dataset):
         self, volumes: Sequence[Mapping], frames: Sequence[Mapping], transform: Callable | None = None
     ) -> None:
         if transform is not None and not callable(transform):
-            raise TypeError(f"{_FILE}: CineFrameDataset transform must be callable or None, got {transform!r}.")
+            raise TypeError(f"CineFrameDataset transform must be callable or None, got {transform!r}.")
         n = len(volumes)
         for j, f in enumerate(frames):
             if not isinstance(f, Mapping):
-                raise TypeError(f"{_FILE}: CineFrameDataset frame entry {j} must be a mapping, got {type(f).__name__}.")
+                raise TypeError(f"CineFrameDataset frame entry {j} must be a mapping, got {type(f).__name__}.")
             if "volume" not in f:
-                raise ValueError(f"{_FILE}: CineFrameDataset frame entry {j} has no 'volume' index: {dict(f)!r}.")
+                raise ValueError(f"CineFrameDataset frame entry {j} has no 'volume' index: {dict(f)!r}.")
             v = f["volume"]
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{_FILE}: CineFrameDataset frame entry {j} volume={v!r} is not an integer index.")
+                raise TypeError(f"CineFrameDataset frame entry {j} volume={v!r} is not an integer index.")
             if not 0 <= v < n:
                 raise ValueError(
-                    f"{_FILE}: CineFrameDataset frame entry {j} volume={v} is out of range for {n} volumes."
+                    f"CineFrameDataset frame entry {j} volume={v} is out of range for {n} volumes."
                 )
         self.volumes = volumes
         self.frames = list(frames)
@@ -175,7 +172,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
         missing = [j for j, f in enumerate(self.frames) if "group" not in f]
         if missing:
             raise ValueError(
-                f"{_FILE}: CineFrameDataset frame entries {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                f"CineFrameDataset frame entries {missing[:5]}{'...' if len(missing) > 5 else ''} "
                 "have no 'group'."
             )
         return [f["group"] for f in self.frames]

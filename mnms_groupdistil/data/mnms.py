@@ -628,7 +628,7 @@ def select_split(
             have = len(by_cell.get((pathology, vendor), []))
             if have >= n_train + n_test:
                 continue
-            where = f"vendor {vendor} ({VENDORS.get(vendor, '?')})"
+            where = f"vendor {vendor}"
             if n_test and n_train:
                 problems.append(
                     f"{split} needs {n_test} {pathology} test subjects from {where} beyond the {n_train} "

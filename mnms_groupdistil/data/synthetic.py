@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -39,6 +38,7 @@ __all__ = [
     "write_mnms_cohort",
     "write_mnms_cohort_from_counts",
     "synthesize_cine",
+    "build_parser",
     "main",
 ]
 
