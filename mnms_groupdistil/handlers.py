@@ -21,12 +21,12 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import CommonKeys as Keys
 
 from mnms_groupdistil.losses import GroupWeightedLoss
 
-__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "attach_resume", "group_from_batch", "latest_checkpoint", "loss_from_output"]
+__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "BestModelSaver", "attach_resume", "group_from_batch", "latest_checkpoint", "loss_from_output"]
 
 
 def group_from_batch(batch: Any) -> torch.Tensor:
@@ -58,8 +58,9 @@ def attach_resume(
     """Resume ``engine`` from the latest checkpoint in ``directory``, if there is one.
 
     Attaches MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) for
-    :func:`latest_checkpoint`; the trainer then continues from the saved epoch with the saved
-    network, optimizer and group weights. Does nothing in a directory without checkpoints.
+    :func:`latest_checkpoint`; the trainer then continues from the saved epoch with everything in
+    ``load_dict`` restored (network, optimizer, group weights, the best-model record of a
+    :class:`BestModelSaver`). Does nothing in a directory without checkpoints.
 
     Args:
         engine: the trainer.
@@ -77,6 +78,25 @@ def attach_resume(
     logging.getLogger(__name__).info(f"Resuming from {path}")
     CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(engine)
     return path
+
+
+class BestModelSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` whose best-score record can go into the training checkpoint.
+
+    Put it in the trainer's checkpoint ``save_dict``: a resumed run then knows the best key
+    metric reached before the stop and replaces the best model (``key_metric_filename``) only
+    with a better one. The model file itself stays a plain state dict. Takes the arguments of
+    ``CheckpointSaver``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """The key-metric record (scores and file names of the kept models); empty without one."""
+        tracker = self._key_metric_checkpoint
+        return {} if tracker is None else dict(tracker.state_dict())
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict:
+            super().load_state_dict(state_dict)
 
 
 class GroupWeightedLossHandler:

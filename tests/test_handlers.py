@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.utils.data import DataLoader
@@ -178,3 +178,37 @@ def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
     assert saved["per_group"] == {"A": {"val_acc": 0.5}, "C": {"val_acc": 1.0}}
     assert saved["mode"] == "x" and saved["epoch"] == 4 and saved["best_metric_epoch"] == 2
     assert "val_worst: 0.500" in caplog.text and "C     | 1.000" in caplog.text
+
+
+def test_best_model_record_survives_a_restart(tmp_path):
+    """After a resume, model.pt is only replaced by a model with a better key metric."""
+    from mnms_groupdistil.handlers import BestModelSaver
+
+    def evaluation(saver, net, score, epoch):
+        engine = Engine(lambda e, b: None)
+        engine.state.metrics = {}
+        engine.state.key_metric_name = "acc"
+
+        @engine.on(Events.EPOCH_COMPLETED)  # registered before the saver, so it runs first
+        def _score(e):
+            e.state.metrics["acc"] = score
+            e.state.epoch = epoch
+
+        saver.attach(engine)
+        engine.run([0], max_epochs=1)
+
+    net = _net(0)
+    first = BestModelSaver(str(tmp_path), {"network": net}, save_key_metric=True, key_metric_filename="model.pt")
+    evaluation(first, net, 0.8, 1)
+    saved = torch.load(tmp_path / "model.pt", weights_only=True)
+    record = first.state_dict()
+
+    restarted_net = _net(1)  # different weights: a worse model after the restart
+    restarted = BestModelSaver(str(tmp_path), {"network": restarted_net}, save_key_metric=True, key_metric_filename="model.pt")
+    restarted.load_state_dict(record)
+    evaluation(restarted, restarted_net, 0.5, 2)
+    kept = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(kept[k], saved[k]) for k in saved)
+    evaluation(restarted, restarted_net, 0.9, 3)
+    replaced = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(torch.equal(replaced[k], v) for k, v in restarted_net.state_dict().items())

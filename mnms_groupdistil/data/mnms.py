@@ -228,23 +228,6 @@ def find_info_csv(dataset_dir: PathLike) -> Path:
     )
 
 
-def _parse_int(text: str) -> Optional[int]:
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if math.isfinite(value) and value == int(value):
-        return int(value)
-    return None
-
-
 def _parse_number(text: str) -> Optional[Union[int, float]]:
     text = text.strip()
     if not text:
@@ -258,6 +241,14 @@ def _parse_number(text: str) -> Optional[Union[int, float]]:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+def _parse_int(text: str) -> Optional[int]:
+    """An integer cell (``"3"`` or ``"3.0"``); None when empty or not a whole number."""
+    value = _parse_number(text)
+    if value is None or value != int(value):
+        return None
+    return int(value)
 
 
 def _sniff_delimiter(first_line: str) -> str:
@@ -707,11 +698,16 @@ def prepare_split(
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
     """
-    csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
-    records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
-    logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
-    parts = select_split(records, split=split, seed=int(seed))
-    checked = check_subjects(parts["train"] + parts["test"])
+    try:
+        csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
+        records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
+        logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
+        parts = select_split(records, split=split, seed=int(seed))
+        checked = check_subjects(parts["train"] + parts["test"])
+    except MnMsDataError as error:
+        # the bundle runner wraps this error in its own traceback: state the problems plainly first
+        logger.error("the M&Ms data in %s cannot be used:\n%s", dataset_dir, error)
+        raise
     n_train = len(parts["train"])
     result = {"train": checked[:n_train], "test": checked[n_train:]}
     for part in _PARTS:

@@ -1,0 +1,540 @@
+"""The MONAI bundle ``bundles/mnms_groupdistil``: metadata, config consistency, and end-to-end runs.
+
+Everything runs on CPU on a generated "tiny" M&Ms cohort (``write_mnms_cohort(preset="tiny")``, split
+``demo``) with 32 px frames, two frames per patient and one epoch. The teacher is trained once per
+session and shared by the student runs. Torch is limited to one thread while these tests run: with a
+second busy process on a 2-core machine, two intra-op threads make each iteration ~10x slower.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle.config_item import ComponentLocator
+from monai.bundle.reference_resolver import ReferenceResolver
+from monai.utils.module import locate
+
+from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError
+from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.networks import CheckpointNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "mnms_groupdistil"
+CONFIGS = BUNDLE / "configs"
+TRAIN = str(CONFIGS / "train.json")
+TEACHER = str(CONFIGS / "train_teacher.json")
+KD = str(CONFIGS / "train_kd.json")
+GROUPDRO = str(CONFIGS / "train_groupdro.json")
+EVALUATE = str(CONFIGS / "evaluate.json")
+METADATA = CONFIGS / "metadata.json"
+
+CONFIG_COMBINATIONS = {
+    "train": [TRAIN],
+    "train+teacher": [TRAIN, TEACHER],
+    "train+kd": [TRAIN, KD],
+    "train+groupdro": [TRAIN, GROUPDRO],
+    "train+evaluate": [TRAIN, EVALUATE],
+}
+
+# tiny settings: one epoch, 32 px frames, 2 frames per patient, everything in this process on the CPU
+TINY: dict[str, Any] = {
+    "split": "demo",
+    "max_epochs": 1,
+    "batch_size": 4,
+    "image_size": 32,
+    "frames_per_patient": 2,
+    "num_workers": 0,
+    "device": "cpu",
+}
+GROUPS = ("A", "C", "D")
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_workflow(config_files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
+    return ConfigWorkflow(
+        config_file=config_files,
+        meta_file=str(METADATA),
+        logging_file=False,  # the bundle's logging.conf reconfigures the root logger; not wanted inside pytest
+        workflow_type=workflow_type,
+        run_id=run_id,
+        **overrides,
+    )
+
+
+def run_workflow(config_files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
+    workflow = make_workflow(config_files, workflow_type=workflow_type, run_id=run_id, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def exception_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and every exception it was raised from (``__cause__``) or during (``__context__``)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def group_weights_of(checkpoint: dict) -> tuple[torch.Tensor, int]:
+    state = checkpoint["group_weights"]
+    return state["log_weights"].exp(), int(state["num_updates"])
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalars of all event files in ``run_dir`` (trainer and evaluator write separate files)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    files = sorted(run_dir.glob("events.out.tfevents.*"))
+    assert files, f"no TensorBoard event files in {run_dir}"
+    for file in files:
+        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    return scalars
+
+
+# ------------------------------------------------------------------------ session fixtures
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory) -> Path:
+    return Path(write_mnms_cohort(tmp_path_factory.mktemp("bundle_data") / "MnM", preset="tiny", seed=0))
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(cohort, tmp_path_factory) -> Path:
+    """groupDRO ResNet-18 teacher (train.json + train_teacher.json), trained once."""
+    out = tmp_path_factory.mktemp("teacher")
+    run_workflow([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def student_dirs(cohort, teacher_dir, tmp_path_factory) -> dict[str, Path]:
+    """GroupDistil (default DenseNet-121 student), KD and groupDRO ResNet-18 students."""
+    teacher_ckpt = str(teacher_dir / "model_final.pt")
+    runs = {
+        "groupdistil": ([TRAIN], {}),
+        "kd": ([TRAIN, KD], {"network_name": "resnet18"}),
+        "groupdro": ([TRAIN, GROUPDRO], {"network_name": "resnet18"}),
+    }
+    dirs = {"teacher": teacher_dir}
+    for mode, (configs, extra) in runs.items():
+        out = tmp_path_factory.mktemp(mode)
+        run_workflow(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=teacher_ckpt, **TINY, **extra)
+        dirs[mode] = out
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def evaluation(cohort, student_dirs) -> dict:
+    """evaluate.json on the GroupDistil run (loads its model.pt); the run's evaluation.json."""
+    out = student_dirs["groupdistil"]
+    run_workflow(
+        [TRAIN, EVALUATE],
+        workflow_type=None,
+        run_id="evaluating",
+        dataset_dir=str(cohort),
+        output_dir=str(out),
+        teacher_ckpt=str(student_dirs["teacher"] / "model_final.pt"),
+        **TINY,
+    )
+    path = out / "evaluation.json"
+    assert path.is_file(), "evaluate.json did not write evaluation.json"
+    return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------- 1. metadata
+
+SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+VERSION = re.compile(r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
+TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def")
+
+
+def test_metadata_has_required_fields():
+    meta = json.loads(METADATA.read_text())
+    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+        assert key in meta, f"metadata.json lacks {key!r}"
+    assert SEMVER.match(meta["version"]), f"version {meta['version']!r} is not semver"
+    assert meta["version"] in meta["changelog"], "the current version has no changelog entry"
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        assert isinstance(meta[key], str) and VERSION.match(meta[key]), f"{key}={meta[key]!r}"
+    assert isinstance(meta["required_packages_version"], dict) and meta["required_packages_version"]
+    for package, version in meta["required_packages_version"].items():
+        assert isinstance(version, str) and VERSION.match(version), f"{package}: {version!r}"
+    for key in ("task", "description", "authors", "copyright"):
+        assert isinstance(meta[key], str) and meta[key].strip(), f"{key} is empty"
+
+    fmt = meta["network_data_format"]
+    image, pred = fmt["inputs"]["image"], fmt["outputs"]["pred"]
+    for name, spec in (("inputs.image", image), ("outputs.pred", pred)):
+        for field in TENSOR_FIELDS:
+            assert field in spec, f"network_data_format.{name} lacks {field!r}"
+        assert isinstance(spec["channel_def"], dict)
+        assert spec["num_channels"] == len(spec["channel_def"]), f"{name}: num_channels != len(channel_def)"
+        assert isinstance(spec["spatial_shape"], list) and isinstance(spec["value_range"], list)
+        assert isinstance(spec["is_patch_data"], bool)
+    assert "modality" in image
+
+    # consistent with the config that trains the model
+    train = ConfigParser.load_config_file(TRAIN)
+    assert image["num_channels"] == train["in_channels"]
+    assert image["spatial_shape"] == [train["image_size"]] * 2
+    assert pred["num_channels"] == 2
+
+
+# ---------------------------------------------------------------- 2. references and targets
+
+EXPR_NAME = re.compile(r"(?<![\w.@#])((?:mnms_groupdistil|monai|torch|os|glob|ignite)(?:\.[A-Za-z_]\w*)+)")
+
+
+def _walk(config: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, config
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
+    for key, value in items:
+        yield from _walk(value, f"{path}#{key}" if path else str(key))
+
+
+def _locate_target(name: str) -> Any:
+    """Resolve a ``_target_`` the way ``ConfigComponent`` does (short MONAI names via ComponentLocator)."""
+    module = ComponentLocator().get_component_module_name(name)
+    if isinstance(module, list):
+        module = module[0]
+    return locate(f"{module}.{name}" if module else name)
+
+
+def _locate_expression_name(dotted: str) -> None:
+    """Resolve ``a.b.c`` used in an expression: import the longest module prefix, then getattr the rest."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return
+    raise ImportError(dotted)
+
+
+def config_problems(config: dict) -> list[str]:
+    """Every dangling ``@`` reference / ``%`` macro, unimportable ``_target_``, ``$import`` or dotted name."""
+    parser = ConfigParser(config)
+    problems = []
+    for path, value in _walk(parser.get()):
+        if isinstance(value, dict) and "_target_" in value:
+            target = value["_target_"]
+            try:
+                obj = _locate_target(target)
+                if not callable(obj):
+                    problems.append(f"{path}: _target_ {target!r} is not callable")
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"{path}: _target_ {target!r} cannot be located ({type(err).__name__}: {err})")
+        if not isinstance(value, str):
+            continue
+        if value.startswith("%"):
+            file, macro_id = ConfigParser.split_path_id(value[1:])
+            source = ConfigParser(ConfigParser.load_config_file(file)) if file else parser
+            if macro_id not in source:
+                problems.append(f"{path}: macro {value!r} names no id")
+        if value.startswith(("@", "$")):
+            for ref in ReferenceResolver.match_refs_pattern(ConfigParser.resolve_relative_ids(path, value)):
+                if ref not in parser:
+                    problems.append(f"{path}: reference @{ref} names no id")
+        if value.startswith("$import "):
+            for module in value[len("$import "):].split(","):
+                try:
+                    importlib.import_module(module.split(" as ")[0].strip())
+                except ImportError as err:
+                    problems.append(f"{path}: {value!r} fails ({err})")
+        elif value.startswith("$"):
+            for dotted in EXPR_NAME.findall(value):
+                try:
+                    _locate_expression_name(dotted)
+                except Exception as err:  # noqa: BLE001
+                    problems.append(f"{path}: {dotted} in {value!r} cannot be resolved ({type(err).__name__})")
+    return problems
+
+
+def merged_config(files: list[str]) -> dict:
+    parser = ConfigParser()
+    parser.read_config(files)
+    return parser.get()
+
+
+@pytest.mark.parametrize("name", list(CONFIG_COMBINATIONS))
+def test_references_macros_and_targets_resolve(name):
+    assert config_problems(merged_config(CONFIG_COMBINATIONS[name])) == []
+
+
+def test_reference_check_catches_typos():
+    config = merged_config([TRAIN])
+    config["network"] = "$@network_deff.to(@device)"
+    config["validate"]["volumes"]["transform"] = "%train#volumes#transfrom"
+    config["loss"]["_target_"] = "mnms_groupdistil.losses.GroupWeightedLos"
+    config["validate"]["inferer"]["_target_"] = "SimpleInfererr"
+    config["split_data"] = "$mnms_groupdistil.data.mnms.prepare_splits(@dataset_dir, @split, @seed, @output_dir)"
+    problems = "\n".join(config_problems(config))
+    for typo in ("network_deff", "transfrom", "GroupWeightedLos", "SimpleInfererr", "prepare_splits"):
+        assert typo in problems, f"{typo} was not reported:\n{problems}"
+
+
+# ------------------------------------------------------------------------------ 3. properties
+
+
+def test_train_workflow_has_required_properties(cohort, teacher_dir, tmp_path):
+    workflow = make_workflow(
+        [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "out"),
+        teacher_ckpt=str(teacher_dir / "model_final.pt"), network_name="resnet18", **TINY,
+    )
+    workflow.initialize()  # property values are parsed from the config, which needs the data
+    # MONAI's check of the optional "evaluator"/"val_interval" properties reads h["_target_"] for every
+    # entry of train#handlers, so a bare "@ref" entry there makes check_properties() raise TypeError.
+    handlers = workflow.parser["train#handlers"]
+    not_components = [h for h in handlers if not (isinstance(h, dict) and "_target_" in h)]
+    assert not not_components, (
+        f"train#handlers entries {not_components} are not components with a _target_: "
+        "ConfigWorkflow.check_properties() fails on them (TypeError: string indices must be integers)"
+    )
+    missing = workflow.check_properties()
+    assert missing == [], f"train.json lacks required (or mis-referenced optional) properties: {missing}"
+
+
+# ---------------------------------------------------------------------------- 4. end to end
+
+
+@pytest.mark.parametrize("mode", ["teacher", "groupdistil", "kd", "groupdro"])
+def test_run_outputs(student_dirs, mode):
+    out = student_dirs[mode]
+    for name in ("model.pt", "model_final.pt", "split.json", "metrics.json", "checkpoint_final.pt"):
+        assert (out / name).is_file(), f"{mode}: {name} missing in {sorted(p.name for p in out.iterdir())}"
+    assert list(out.glob("checkpoint*epoch=1*.pt")), f"{mode}: no epoch checkpoint"
+
+    split = json.loads((out / "split.json").read_text())
+    assert split["split"] == "demo" and split["train"] and split["test"]
+    assert not set(split["subjects"]["train"]) & set(split["subjects"]["test"])
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected_mode = "groupdro" if mode == "teacher" else mode
+    assert metrics["mode"] == expected_mode
+    assert metrics["network"] == ("densenet121" if mode == "groupdistil" else "resnet18")
+    assert metrics["teacher"] == ("resnet18" if mode in ("kd", "groupdistil") else None)
+    assert set(metrics["per_group"]) == set(GROUPS)
+    for group in GROUPS:
+        for prefix in ("val_acc", "val_patient_acc"):
+            value = metrics["per_group"][group][prefix]
+            assert value is not None and 0.0 <= value <= 1.0, (group, prefix, value)
+    worst = metrics["metrics"]["val_worst_group_acc"]
+    assert math.isfinite(worst) and 0.0 <= worst <= 1.0
+    assert worst == pytest.approx(min(metrics["per_group"][g]["val_acc"] for g in GROUPS))
+
+    # the saved networks are plain (weights-only) state dicts; the training checkpoint records
+    # the best score so far, so that a resumed run only replaces model.pt with a better model
+    for name in ("model.pt", "model_final.pt"):
+        state = load_checkpoint(out / name)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
+    saved = load_checkpoint(out / "checkpoint_final.pt")["best_model_saver"]["_saved"]
+    assert [score for score, _ in saved] == [pytest.approx(metrics["best_metric"])]
+
+
+@pytest.mark.parametrize("mode", ["teacher", "groupdistil", "kd", "groupdro"])
+def test_tensorboard_scalars(student_dirs, mode):
+    scalars = tensorboard_scalars(student_dirs[mode])
+    tags = set(scalars)
+    assert "train_loss" in tags
+    for group in GROUPS:
+        assert f"group_weight/{group}" in tags, sorted(tags)
+        assert f"val_acc_{group}" in tags, sorted(tags)
+    assert any(t.startswith("group_loss/") for t in tags), sorted(tags)
+    assert "val_worst_group_acc" in tags
+    assert len(scalars["train_loss"]) == load_checkpoint(student_dirs[mode] / "checkpoint_final.pt")["trainer"]["iteration"]
+
+
+@pytest.mark.parametrize("mode", ["teacher", "groupdistil", "groupdro"])
+def test_robust_modes_update_group_weights(student_dirs, mode):
+    checkpoint = load_checkpoint(student_dirs[mode] / "checkpoint_final.pt")
+    weights, num_updates = group_weights_of(checkpoint)
+    assert weights.shape == (len(GROUPS),)
+    assert float(weights.sum()) == pytest.approx(1.0, abs=1e-9)
+    assert float((weights - 1.0 / len(GROUPS)).abs().max()) > 1e-5, f"{mode}: weights stayed uniform {weights}"
+    assert num_updates == checkpoint["trainer"]["iteration"]
+
+
+def test_kd_keeps_group_weights_uniform(student_dirs):
+    checkpoint = load_checkpoint(student_dirs["kd"] / "checkpoint_final.pt")
+    weights, num_updates = group_weights_of(checkpoint)
+    assert torch.allclose(weights, torch.full((len(GROUPS),), 1.0 / len(GROUPS), dtype=weights.dtype), atol=1e-12)
+    assert num_updates == 0
+
+
+def test_evaluate_writes_evaluation_json(evaluation, student_dirs):
+    out = student_dirs["groupdistil"]
+    assert Path(evaluation["checkpoint"]) == out / "model.pt"
+    assert evaluation["network"] == "densenet121" and evaluation["split"] == "demo"
+    assert evaluation["test_subjects"] == len(json.loads((out / "split.json").read_text())["test"])
+    assert set(evaluation["per_group"]) == set(GROUPS)
+    worst = evaluation["metrics"]["val_worst_group_acc"]
+    assert math.isfinite(worst) and 0.0 <= worst <= 1.0
+    # the same checkpoint on the same test frames: evaluation reproduces the training-time validation
+    # of the best epoch (model.pt is the key-metric checkpoint; one epoch here)
+    trained = json.loads((out / "metrics.json").read_text())
+    assert evaluation["metrics"]["val_worst_group_acc"] == pytest.approx(trained["metrics"]["val_worst_group_acc"])
+    for group in GROUPS:
+        assert evaluation["per_group"][group] == pytest.approx(trained["per_group"][group])
+
+
+# ---------------------------------------------------------------------------------- 5. resume
+
+
+def test_resume_continues_from_last_epoch(cohort, tmp_path):
+    out = tmp_path / "teacher_resume"
+    common = dict(dataset_dir=str(cohort), output_dir=str(out), **{**TINY, "max_epochs": 1})
+    run_workflow([TRAIN, TEACHER], **common)
+    first = load_checkpoint(out / "checkpoint_final.pt")
+    epoch_length = first["trainer"]["epoch_length"]
+    assert first["trainer"]["iteration"] == epoch_length
+    _, first_updates = group_weights_of(first)
+    assert first_updates == epoch_length
+
+    workflow = make_workflow([TRAIN, TEACHER], **{**common, "max_epochs": 2})
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epochs_run, iterations_run = [], []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
+    workflow.run()
+    workflow.finalize()
+
+    assert epochs_run == [2], f"the resumed run trained epochs {epochs_run}, expected only epoch 2"
+    assert iterations_run == list(range(epoch_length + 1, 2 * epoch_length + 1))
+    second = load_checkpoint(out / "checkpoint_final.pt")
+    assert second["trainer"]["iteration"] == 2 * epoch_length
+    assert second["trainer"]["iteration"] // second["trainer"]["epoch_length"] == 2
+    _, second_updates = group_weights_of(second)
+    assert second_updates == 2 * epoch_length, "group weights restarted instead of continuing"
+    assert list(out.glob("checkpoint*epoch=2*.pt"))
+
+
+# ------------------------------------------------------------------------------- 6. bad input
+
+
+@pytest.fixture()
+def cohort_without_csv(cohort, tmp_path) -> Path:
+    data = tmp_path / "nocsv" / "MnM"  # the parent has no CSV either (find_info_csv also looks there)
+    shutil.copytree(cohort, data)
+    (data / INFO_CSV_NAME).unlink()
+    return data
+
+
+@pytest.fixture()
+def cohort_missing_image(cohort, teacher_dir, tmp_path) -> tuple[Path, str]:
+    data = tmp_path / "missing" / "MnM"
+    shutil.copytree(cohort, data)
+    subject = json.loads((teacher_dir / "split.json").read_text())["subjects"]["train"][0]
+    images = list(data.rglob(f"{subject}_sa.nii.gz"))
+    assert len(images) == 1
+    images[0].unlink()
+    return data, subject
+
+
+def _initialize_error(config_files: list[str], **overrides: Any) -> BaseException:
+    workflow = make_workflow(config_files, **overrides)
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    return info.value
+
+
+def test_missing_csv_gives_clear_error(cohort_without_csv, tmp_path):
+    err = _initialize_error([TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **TINY)
+    data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
+    assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
+    assert "information CSV" in str(data_errors[0]) and str(cohort_without_csv) in str(data_errors[0])
+
+
+def test_missing_subject_image_gives_clear_error(cohort_missing_image, tmp_path):
+    data, subject = cohort_missing_image
+    err = _initialize_error([TRAIN, TEACHER], dataset_dir=str(data), output_dir=str(tmp_path / "o"), **TINY)
+    data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
+    assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
+    message = str(data_errors[0])
+    assert subject in message and f"{subject}_sa.nii.gz" in message
+
+
+def test_cli_shows_the_data_error(cohort_missing_image, tmp_path):
+    """What a user sees: MONAI's RuntimeError('Failed to evaluate ConfigExpression ...prepare_split...'),
+    raised from the MnMsDataError naming the subject, which the traceback prints above it."""
+    data, subject = cohort_missing_image
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", repr([TRAIN, TEACHER]),
+        "--meta_file", str(METADATA),
+        "--logging_file", str(CONFIGS / "logging.conf"),
+        "--dataset_dir", str(data),
+        "--output_dir", str(tmp_path / "o"),
+        "--split", "demo", "--num_workers", "0", "--device", "cpu",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "mnms_groupdistil.data.mnms.MnMsDataError" in output, output[-3000:]
+    assert f"subject {subject}: image {subject}_sa.nii.gz not found" in output, output[-3000:]
+
+
+# ----------------------------------------------------------------------- 7. missing teacher
+
+
+def test_missing_teacher_checkpoint_mentions_teacher_ckpt(cohort, tmp_path):
+    missing = tmp_path / "no_teacher" / "model.pt"
+    err = _initialize_error(
+        [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"), teacher_ckpt=str(missing),
+        network_name="resnet18", **TINY,
+    )
+    chain = exception_chain(err)
+    not_found = [e for e in chain if isinstance(e, CheckpointNotFoundError)]
+    assert not_found, f"no CheckpointNotFoundError in {chain!r}"
+    assert "teacher_ckpt" in str(not_found[0]) and str(missing) in str(not_found[0])
+
+
+def test_groupdro_student_needs_no_teacher(cohort, teacher_dir, tmp_path):
+    """groupDRO needs no teacher: a missing teacher_ckpt does not matter there."""
+    workflow = make_workflow(
+        [TRAIN, GROUPDRO], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"),
+        teacher_ckpt=str(tmp_path / "none.pt"), network_name="resnet18", **TINY,
+    )
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("teacher") is None
