@@ -26,7 +26,16 @@ from monai.utils import CommonKeys as Keys
 
 from mnms_groupdistil.losses import GroupWeightedLoss
 
-__all__ = ["GroupScalarWriter", "GroupWeightedLossHandler", "MetricsReport", "BestModelSaver", "attach_resume", "group_from_batch", "latest_checkpoint", "loss_from_output"]
+__all__ = [
+    "BestModelSaver",
+    "GroupScalarWriter",
+    "GroupWeightedLossHandler",
+    "MetricsReport",
+    "attach_resume",
+    "group_from_batch",
+    "latest_checkpoint",
+    "loss_from_output",
+]
 
 
 def group_from_batch(batch: Any) -> torch.Tensor:

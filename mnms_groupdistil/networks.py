@@ -33,7 +33,7 @@ import os
 import pickle
 import re
 from collections.abc import Mapping
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import torch
 from torch import nn
@@ -199,7 +199,7 @@ def build_network(
     name: str,
     num_classes: int = 2,
     in_channels: int = 1,
-    pretrained_path: Optional[PathLike] = None,
+    pretrained_path: PathLike | None = None,
 ) -> nn.Module:
     """Build a torchvision classifier adapted to the input channels / classes.
 
@@ -369,8 +369,8 @@ def _load_pretrained(
 def load_network(
     network: nn.Module,
     checkpoint_path: PathLike,
-    key: Optional[str] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    key: str | None = None,
+    device: str | torch.device | None = None,
 ) -> nn.Module:
     """Load trained weights into ``network`` and return it frozen (teacher).
 

@@ -102,7 +102,7 @@ def plot_accuracies(reports: Sequence[dict[str, Any]], path: str | Path, prefix:
     ax.set_xticklabels([f"vendor {g}" for g in groups])
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("per-group accuracy" + (" (patients)" if "patient" in prefix else " (frames)"))
     fig.tight_layout()
     path = Path(path)

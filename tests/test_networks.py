@@ -10,7 +10,6 @@ import torchvision
 
 from mnms_groupdistil.networks import (
     SUPPORTED_NETWORKS,
-    CheckpointNotFoundError,
     build_network,
     frozen,
     load_network,

@@ -28,8 +28,9 @@ import logging
 import math
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -57,29 +58,29 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "Path"]
 
 #: Vendor code -> vendor name, as in the ``Vendor`` / ``VendorName`` columns.
-VENDORS: Dict[str, str] = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
+VENDORS: dict[str, str] = {"A": "Siemens", "B": "Philips", "C": "GE", "D": "Canon"}
 
 #: Vendor code -> centres that used that vendor.
-CENTRES: Dict[str, Tuple[int, ...]] = {"A": (1, 6), "B": (2, 3), "C": (4,), "D": (5,)}
+CENTRES: dict[str, tuple[int, ...]] = {"A": (1, 6), "B": (2, 3), "C": (4,), "D": (5,)}
 
 #: Pathology codes of the ``Pathology`` column.
-PATHOLOGIES: Tuple[str, ...] = ("NOR", "HCM", "DCM", "HHD", "ARV", "AHS", "IHD", "LVNC", "Other")
+PATHOLOGIES: tuple[str, ...] = ("NOR", "HCM", "DCM", "HHD", "ARV", "AHS", "IHD", "LVNC", "Other")
 
 #: Classes of the task; the label of a subject is the index of its pathology here.
-CLASSES: Tuple[str, ...] = ("NOR", "HCM")
+CLASSES: tuple[str, ...] = ("NOR", "HCM")
 
 #: Groups of the task (vendor codes); the group of a subject is the index of its vendor here.
-GROUPS: Tuple[str, ...] = ("A", "C", "D")
+GROUPS: tuple[str, ...] = ("A", "C", "D")
 
 #: Subfolders of the release that hold subject folders, searched in this order.
-SUBFOLDERS: Tuple[str, ...] = ("Training/Labeled", "Training/Unlabeled", "Validation", "Testing")
+SUBFOLDERS: tuple[str, ...] = ("Training/Labeled", "Training/Unlabeled", "Validation", "Testing")
 
 #: Name of the information CSV that carries the diagnosis (``Pathology``) column.
 INFO_CSV_NAME = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
 
 #: Splits of the task. ``counts`` gives, per part and class, the number of patients per vendor;
 #: ``test_fraction`` describes a proportional split of every (vendor, class) cell instead.
-SPLITS: Dict[str, Dict[str, Any]] = {
+SPLITS: dict[str, dict[str, Any]] = {
     "split1": {
         "counts": {
             "train": {"HCM": {"A": 25, "C": 2, "D": 10}, "NOR": {"A": 21, "C": 2, "D": 14}},
@@ -106,7 +107,7 @@ SPLITS: Dict[str, Dict[str, Any]] = {
 _PARTS = ("train", "test")
 
 # normalised header -> record key
-_COLUMN_ALIASES: Dict[str, str] = {
+_COLUMN_ALIASES: dict[str, str] = {
     "external code": "subject",
     "externalcode": "subject",
     "external id": "subject",
@@ -129,7 +130,7 @@ _COLUMN_ALIASES: Dict[str, str] = {
     "weight": "weight",
 }
 # record key -> column name in the real CSV (for messages)
-_COLUMN_NAMES: Dict[str, str] = {
+_COLUMN_NAMES: dict[str, str] = {
     "subject": "External code",
     "pathology": "Pathology",
     "vendor_name": "VendorName",
@@ -154,10 +155,10 @@ class MnMsDataError(ValueError):
             one), the file and what is wrong.
     """
 
-    def __init__(self, problems: Union[str, Sequence[str]], header: Optional[str] = None) -> None:
+    def __init__(self, problems: str | Sequence[str], header: str | None = None) -> None:
         if isinstance(problems, str):
             problems = [problems]
-        self.problems: List[str] = list(problems)
+        self.problems: list[str] = list(problems)
         lines = [header] if header else []
         lines += self.problems
         super().__init__("\n".join(lines))
@@ -228,7 +229,7 @@ def find_info_csv(dataset_dir: PathLike) -> Path:
     )
 
 
-def _parse_number(text: str) -> Optional[Union[int, float]]:
+def _parse_number(text: str) -> int | float | None:
     text = text.strip()
     if not text:
         return None
@@ -243,7 +244,7 @@ def _parse_number(text: str) -> Optional[Union[int, float]]:
     return value if math.isfinite(value) else None
 
 
-def _parse_int(text: str) -> Optional[int]:
+def _parse_int(text: str) -> int | None:
     """An integer cell (``"3"`` or ``"3.0"``); None when empty or not a whole number."""
     value = _parse_number(text)
     if value is None or value != int(value):
@@ -257,7 +258,7 @@ def _sniff_delimiter(first_line: str) -> str:
     return best if counts[best] > 0 else ","
 
 
-def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
+def read_info_csv(csv_path: PathLike) -> list[dict[str, Any]]:
     """Read an M&Ms information CSV into one normalised dict per subject.
 
     Accepts the 211230 diagnosis CSV (leading unnamed index column) and older variants
@@ -291,7 +292,7 @@ def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
         raise MnMsDataError(f"{path}: the M&Ms information CSV is empty (no header line)")
     rows = list(csv.reader(lines, delimiter=_sniff_delimiter(lines[0])))
     header = rows[0]
-    columns: Dict[str, int] = {}
+    columns: dict[str, int] = {}
     for idx, cell in enumerate(header):
         key = _COLUMN_ALIASES.get(_normalise_header(cell))
         if key is not None and key not in columns:
@@ -309,22 +310,22 @@ def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
             problems.append(msg)
         raise MnMsDataError(problems, header=f"unusable M&Ms information CSV {path}:")
 
-    def cell(row: List[str], key: str) -> str:
+    def cell(row: list[str], key: str) -> str:
         idx = columns.get(key)
         if idx is None or idx >= len(row):
             return ""
         return row[idx].strip()
 
     canonical_pathology = {p.upper(): p for p in PATHOLOGIES}
-    problems: List[str] = []
-    records: List[Dict[str, Any]] = []
-    first_line: Dict[str, int] = {}
+    problems: list[str] = []
+    records: list[dict[str, Any]] = []
+    first_line: dict[str, int] = {}
     for line_no, row in enumerate(rows[1:], start=2):
         if not any(c.strip() for c in row):
             continue
         code = cell(row, "subject")
         where = f"{path}, line {line_no} (subject {code or '?'})"
-        row_problems: List[str] = []
+        row_problems: list[str] = []
         if not code:
             row_problems.append(f"{where}: empty 'External code'")
         elif code in first_line:
@@ -342,7 +343,7 @@ def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
             row_problems.append(
                 f"{where}: unknown pathology code '{pathology_text}' (expected one of {', '.join(PATHOLOGIES)})"
             )
-        frames: Dict[str, Optional[int]] = {}
+        frames: dict[str, int | None] = {}
         for key in ("ed", "es"):
             raw = cell(row, key)
             value = _parse_int(raw)
@@ -382,7 +383,7 @@ def read_info_csv(csv_path: PathLike) -> List[Dict[str, Any]]:
 # ------------------------------------------------------------------------------------ images
 
 
-def find_subject_image(dataset_dir: PathLike, code: str) -> Optional[Path]:
+def find_subject_image(dataset_dir: PathLike, code: str) -> Path | None:
     """Find the short-axis cine image of a subject.
 
     Args:
@@ -406,8 +407,8 @@ def load_mnms_cohort(
     dataset_dir: PathLike,
     groups: Sequence[str] = GROUPS,
     classes: Sequence[str] = CLASSES,
-    csv_path: Optional[PathLike] = None,
-) -> List[Dict[str, Any]]:
+    csv_path: PathLike | None = None,
+) -> list[dict[str, Any]]:
     """Read the information CSV and list the subjects of the task, without opening images.
 
     Args:
@@ -457,7 +458,7 @@ def load_mnms_cohort(
     return records
 
 
-def _verify_data(path: Path, header: Any, shape: Tuple[int, ...]) -> Optional[str]:
+def _verify_data(path: Path, header: Any, shape: tuple[int, ...]) -> str | None:
     """Cheaply verify the voxel data are all there; returns a problem text or None.
 
     For ``.gz`` the whole stream is decompressed in chunks (nothing kept in memory), which
@@ -485,7 +486,7 @@ def _verify_data(path: Path, header: Any, shape: Tuple[int, ...]) -> Optional[st
     return None
 
 
-def _check_one(record: Mapping[str, Any]) -> Tuple[List[str], Optional[int], Optional[int]]:
+def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
     import nibabel as nib
 
     code = record.get("subject", "?")
@@ -511,7 +512,7 @@ def _check_one(record: Mapping[str, Any]) -> Tuple[List[str], Optional[int], Opt
         return [f"{prefix}: cannot read the NIfTI header ({type(err).__name__}: {err})"], None, None
     if len(shape) != 4:
         return [f"{prefix}: expected a 4D (x, y, z, t) cine image, got {len(shape)}D shape {shape}"], None, None
-    problems: List[str] = []
+    problems: list[str] = []
     if min(shape) < 1:
         problems.append(f"{prefix}: empty image, shape {shape} has a zero dimension")
         return problems, None, None
@@ -528,7 +529,7 @@ def _check_one(record: Mapping[str, Any]) -> Tuple[List[str], Optional[int], Opt
     return problems, num_slices, num_frames
 
 
-def check_subjects(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Check the image of every record and add its slice and frame counts.
 
     Only the NIfTI header is parsed with nibabel; the voxel data are streamed once (not kept)
@@ -547,8 +548,8 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]
             unreadable header, not 4D, no slice/frame, ED/ES outside [0, num_frames), truncated
             or corrupt data).
     """
-    problems: List[str] = []
-    checked: List[Dict[str, Any]] = []
+    problems: list[str] = []
+    checked: list[dict[str, Any]] = []
     for record in records:
         record_problems, num_slices, num_frames = _check_one(record)
         problems.extend(record_problems)
@@ -564,7 +565,7 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]
 # ------------------------------------------------------------------------------------ splits
 
 
-def _cell_order(records: Sequence[Mapping[str, Any]]) -> List[Tuple[str, str]]:
+def _cell_order(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     cells = {(r["pathology"], r["vendor"]) for r in records}
     rank = {p: i for i, p in enumerate(PATHOLOGIES)}
     return sorted(cells, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
@@ -572,7 +573,7 @@ def _cell_order(records: Sequence[Mapping[str, Any]]) -> List[Tuple[str, str]]:
 
 def select_split(
     records: Sequence[Mapping[str, Any]], split: str = "split1", seed: int = 0
-) -> Dict[str, List[Dict[str, Any]]]:
+) -> dict[str, list[dict[str, Any]]]:
     """Choose the train and test subjects of a split (pure function; inputs are not modified).
 
     Within every (class, vendor) cell the subject codes are sorted and then shuffled with one
@@ -602,13 +603,13 @@ def select_split(
     if dupes:
         raise MnMsDataError([f"subject {c}: appears more than once in the cohort records" for c in dupes])
 
-    by_cell: Dict[Tuple[str, str], List[Mapping[str, Any]]] = {}
+    by_cell: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for record in records:
         by_cell.setdefault((record["pathology"], record["vendor"]), []).append(record)
 
     # wanted[(pathology, vendor)] = (n_train, n_test)
-    wanted: Dict[Tuple[str, str], Tuple[int, int]] = {}
-    problems: List[str] = []
+    wanted: dict[tuple[str, str], tuple[int, int]] = {}
+    problems: list[str] = []
     if "counts" in spec:
         for part_index, part in enumerate(_PARTS):
             for pathology, per_vendor in spec["counts"].get(part, {}).items():
@@ -649,7 +650,7 @@ def select_split(
         raise MnMsDataError(problems, header=f"the cohort cannot fill split '{split}':")
 
     rng = np.random.default_rng(seed)
-    parts: Dict[str, List[Dict[str, Any]]] = {"train": [], "test": []}
+    parts: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
     for cell in _cell_order(records):
         members = sorted(by_cell[cell], key=lambda r: r["subject"])
         order = rng.permutation(len(members))  # drawn for every cell so choices do not shift
@@ -673,9 +674,9 @@ def prepare_split(
     dataset_dir: PathLike,
     split: str = "split1",
     seed: int = 0,
-    output_dir: Optional[PathLike] = None,
-    csv_path: Optional[PathLike] = None,
-) -> Dict[str, List[Dict[str, Any]]]:
+    output_dir: PathLike | None = None,
+    csv_path: PathLike | None = None,
+) -> dict[str, list[dict[str, Any]]]:
     """Build and check the train/test subject lists of a split; the bundles' entry point.
 
     Reads the information CSV, lists the task's subjects (vendors A/C/D, HCM vs NOR), selects

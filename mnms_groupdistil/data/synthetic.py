@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import numpy as np
 
@@ -45,12 +46,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Header line of the 211230 M&Ms information CSV (leading unnamed index column).
-MNMS_CSV_HEADER: Tuple[str, ...] = (
+MNMS_CSV_HEADER: tuple[str, ...] = (
     "", "External code", "Pathology", "VendorName", "Vendor", "Centre", "ED", "ES", "Age", "Sex", "Height", "Weight",
 )
 
 #: Per-vendor appearance: intensity scale, gamma (contrast), relative noise, bias-field strength.
-VENDOR_APPEARANCE: Dict[str, Dict[str, float]] = {
+VENDOR_APPEARANCE: dict[str, dict[str, float]] = {
     "A": {"scale": 900.0, "gamma": 1.0, "noise": 0.030, "bias": 0.15},
     "B": {"scale": 1400.0, "gamma": 0.9, "noise": 0.035, "bias": 0.20},
     "C": {"scale": 280.0, "gamma": 0.75, "noise": 0.060, "bias": 0.30},
@@ -62,7 +63,7 @@ _EXTRA_PATHOLOGY_SHAPE = {"DCM": "NOR", "HHD": "HCM", "ARV": "NOR", "AHS": "HCM"
                           "Other": "NOR"}
 
 #: Presets: counts per (vendor, pathology) and size ranges (inclusive) of the generated images.
-MNMS_PRESETS: Dict[str, Dict[str, Any]] = {
+MNMS_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "counts": {
             ("A", "HCM"): 2, ("A", "NOR"): 2, ("C", "HCM"): 2, ("C", "NOR"): 2, ("D", "HCM"): 2, ("D", "NOR"): 2,
@@ -121,14 +122,14 @@ def _soft_inside(dist: np.ndarray, radius: np.ndarray, softness: float = 0.6) ->
 
 
 def synthesize_cine(
-    shape: Tuple[int, int, int, int],
+    shape: tuple[int, int, int, int],
     ed: int,
     es: int,
     hypertrophic: bool,
     vendor: str,
     rng: np.random.Generator,
     dtype: Any = np.int16,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Synthesize one short-axis cine stack and its label map.
 
     Args:
@@ -248,10 +249,10 @@ def _save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, frame_ms: floa
     nib.save(img, str(path))
 
 
-def _make_codes(n: int, rng: np.random.Generator) -> List[str]:
+def _make_codes(n: int, rng: np.random.Generator) -> list[str]:
     """Codes like the real ones: letter digit letter digit letter digit (e.g. ``A0S9V9``)."""
     letters, digits = "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
-    codes: List[str] = []
+    codes: list[str] = []
     seen = set()
     while len(codes) < n:
         code = "".join(
@@ -272,11 +273,11 @@ def _pick(n: int, fraction: float, rng: np.random.Generator) -> set:
 
 
 def write_mnms_cohort_from_counts(
-    out_dir: Union[str, Path],
-    counts: Mapping[Tuple[str, str], int],
-    size_range: Tuple[int, int] = (64, 96),
-    slice_range: Tuple[int, int] = (4, 8),
-    frame_range: Tuple[int, int] = (8, 14),
+    out_dir: str | Path,
+    counts: Mapping[tuple[str, str], int],
+    size_range: tuple[int, int] = (64, 96),
+    slice_range: tuple[int, int] = (4, 8),
+    frame_range: tuple[int, int] = (8, 14),
     seed: int = 0,
     float_fraction: float = 0.1,
     non_orthonormal_fraction: float = 0.15,
@@ -331,7 +332,7 @@ def write_mnms_cohort_from_counts(
     late_ed_ids = _pick(n, ed_after_es_fraction, rng)
     empty_body_ids = _pick(n, empty_body_fraction, rng)
 
-    rows: List[List[str]] = []
+    rows: list[list[str]] = []
     for i, ((vendor, pathology), code, folder) in enumerate(zip(subjects, codes, folders)):
         nx, ny = (int(s) for s in rng.integers(size_range[0], size_range[1] + 1, size=2))
         nz = int(rng.integers(slice_range[0], slice_range[1] + 1))
@@ -367,7 +368,7 @@ def write_mnms_cohort_from_counts(
     return root
 
 
-def write_mnms_cohort(out_dir: Union[str, Path], preset: str = "demo", seed: int = 0) -> Path:
+def write_mnms_cohort(out_dir: str | Path, preset: str = "demo", seed: int = 0) -> Path:
     """Write an M&Ms-like cohort from a preset.
 
     Args:
@@ -424,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point.
 
     Args:
