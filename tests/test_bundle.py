@@ -539,3 +539,16 @@ def test_groupdro_student_needs_no_teacher(cohort, teacher_dir, tmp_path):
     )
     workflow.initialize()
     assert workflow.parser.get_parsed_content("teacher") is None
+
+
+def test_generalization_adjustment_uses_training_frame_counts(cohort, tmp_path):
+    """``--group_adjustment C`` adds C / sqrt(n_d) to group d's loss, n_d = training frames of vendor d."""
+    workflow = make_workflow(
+        [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "adj"), group_adjustment=2.0, **TINY
+    )
+    workflow.initialize()
+    weights = workflow.parser.get_parsed_content("group_weights")
+    datalist = workflow.parser.get_parsed_content("train#datalist")
+    frames = workflow.parser["frames_per_patient"]
+    counts = [frames * sum(r["group"] == g for r in datalist) for g in range(3)]
+    assert weights.adjustments.tolist() == pytest.approx([2.0 / c**0.5 for c in counts])
