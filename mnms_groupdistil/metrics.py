@@ -215,12 +215,17 @@ class GroupAccuracy(Metric):
     def _gathered(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         if not self._scores:
             raise ValueError(f"metric {self._name} saw no samples: is the evaluation dataset empty?")
-        scores, labels, groups = torch.cat(self._scores), torch.cat(self._labels), torch.cat(self._groups)
-        subjects = list(self._subjects)
-        if idist.get_world_size() > 1:
-            scores, labels, groups = idist.all_gather(scores), idist.all_gather(labels), idist.all_gather(groups)
-            subjects = [s for joined in idist.all_gather("\n".join(subjects)) for s in joined.split("\n") if s]
-        return scores, labels, groups, subjects
+        local = (torch.cat(self._scores), torch.cat(self._labels), torch.cat(self._groups), list(self._subjects))
+        if idist.get_world_size() == 1:
+            return local
+        # ranks may hold different numbers of samples: gather them as objects, not same-size tensors
+        parts = idist.all_gather(local)
+        return (
+            torch.cat([p[0] for p in parts]),
+            torch.cat([p[1] for p in parts]),
+            torch.cat([p[2] for p in parts]),
+            [s for p in parts for s in p[3]],
+        )
 
     def _predictions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(predictions, labels, groups)`` at this metric's level (frames or patients)."""

@@ -11,10 +11,12 @@ fi
 STAMP=".venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
 if [ ! -f "$STAMP" ]; then
     echo "Installing mnms_groupdistil and its dependencies into .venv (first run takes a few minutes)"
-    .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-    .venv/bin/python -m pip install --quiet -e ".[test]" 2>&1 | grep -v "is ignored" || true
-    .venv/bin/python -c "import mnms_groupdistil, monai, ignite, nibabel, torchvision" \
-        || { echo "installation into .venv failed" >&2; exit 1; }
+    if ! .venv/bin/python -m pip install -e ".[test]" > .venv/install.log 2>&1 \
+        || ! .venv/bin/python -c "import mnms_groupdistil, monai, ignite, nibabel, torchvision"; then
+        tail -n 40 .venv/install.log >&2
+        echo "installation into .venv failed: see .venv/install.log" >&2
+        exit 1
+    fi
     rm -f .venv/.installed-*
     touch "$STAMP"
 fi

@@ -48,6 +48,7 @@ CONFIG_COMBINATIONS = {
     "train+kd": [TRAIN, KD],
     "train+groupdro": [TRAIN, GROUPDRO],
     "train+evaluate": [TRAIN, EVALUATE],
+    "train+multi_gpu": [TRAIN, str(CONFIGS / "multi_gpu_train.json")],
 }
 
 # tiny settings: one epoch, 32 px frames, 2 frames per patient, everything in this process on the CPU

@@ -1,0 +1,78 @@
+"""multi_gpu_train.json under torchrun with two CPU processes (gloo): the ranks agree on the group
+weights, and the gathered validation metrics equal a single-process evaluation of the same model."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+from mnms_groupdistil.data.synthetic import write_mnms_cohort
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
+SETTINGS = {"split": "demo", "max_epochs": 2, "batch_size": 4, "image_size": 32, "frames_per_patient": 2,
+            "num_workers": 0, "device": "cpu"}
+TINY = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
+
+
+def _torchrun(configs, out, data, *extra):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "monai.bundle", "run", "training",
+               "--config_file", str([str(CONFIGS / c) for c in configs]),
+               "--dataset_dir", str(data), "--output_dir", str(out), *TINY, *extra]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def _weights_by_epoch(log):
+    found = {}
+    for epoch, weights in re.findall(r"Epoch (\d+): group weights \[([^\]]+)\]", log):
+        found.setdefault(int(epoch), []).append(weights)
+    return found
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_mnms_cohort(tmp_path_factory.mktemp("mg") / "MnM", preset="tiny", seed=0)
+
+
+@pytest.mark.parametrize("mode", ["groupdro", "kd"])  # one-group batches; shuffled DistributedSampler batches
+def test_two_process_training(data, tmp_path, mode):
+    teacher = tmp_path / "teacher"
+    log = _torchrun(["train.json", "train_teacher.json", "multi_gpu_train.json"], teacher, data)
+    out = teacher
+    if mode == "kd":
+        out = tmp_path / "kd"
+        log = _torchrun(["train.json", "train_kd.json", "multi_gpu_train.json"], out, data,
+                        "--network_name", "resnet18", "--teacher_ckpt", str(teacher / "model_final.pt"))
+    assert "rank 0 of 2" in log and "rank 1 of 2" in log
+    weights = _weights_by_epoch(log)
+    assert sorted(weights) == [1, 2]
+    for per_rank in weights.values():
+        assert len(per_rank) == 2 and per_rank[0] == per_rank[1]  # both ranks hold the same weights
+    assert len(list(out.glob("events.out.tfevents.*"))) == 2  # trainer + evaluator, main process only
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    evaluation = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")],
+        workflow_type=None,
+        run_id="evaluating",
+        logging_file=False,
+        dataset_dir=str(data),
+        output_dir=str(tmp_path / "single"),
+        ckpt_path=str(out / "model_final.pt"),
+        network_name="resnet18",
+        **SETTINGS,
+    )
+    evaluation.initialize()
+    evaluation.run()
+    evaluation.finalize()
+    single = json.loads((tmp_path / "single" / "evaluation.json").read_text())
+    for key, value in single["metrics"].items():
+        assert metrics["metrics"][key] == pytest.approx(value), key
