@@ -207,7 +207,9 @@ class GroupWeightedLossHandler:
         if self._groups is None:
             raise RuntimeError("GroupWeightedLossHandler must be attached to the trainer it computes the loss for.")
         if self.teacher is not None and self._teacher_logits is None:
-            raise RuntimeError("the teacher did not run for this batch: IterationEvents.FORWARD_COMPLETED was not fired.")
+            raise RuntimeError(
+                "the teacher did not run for this batch: IterationEvents.FORWARD_COMPLETED was not fired."
+            )
         losses = self.sample_loss(student_logits, target, self._teacher_logits)
         result = self.loss.evaluate(losses, self._groups.to(losses.device))
         self._last = (result.group_losses.detach().cpu(), result.group_counts.detach().cpu())
@@ -250,7 +252,9 @@ class GroupScalarWriter:
 
     def __call__(self, engine: Engine, writer: Any) -> None:
         step = engine.state.iteration
-        writer.add_scalar(self.loss_tag, float(torch.as_tensor(self.loss_transform(engine.state.output)).detach()), step)
+        writer.add_scalar(
+            self.loss_tag, float(torch.as_tensor(self.loss_transform(engine.state.output)).detach()), step
+        )
         weights = getattr(engine.state, "group_weights", None)
         losses = getattr(engine.state, "group_losses", None)
         for index, group in enumerate(self.group_names):

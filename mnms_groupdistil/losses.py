@@ -59,7 +59,9 @@ def _as_class_indices(target: torch.Tensor, batch_size: int) -> torch.Tensor:
     if target.ndim == 2 and target.shape[1] == 1:
         target = target[:, 0]
     if target.ndim != 1 or target.shape[0] != batch_size:
-        raise ValueError(f"target must hold one class index per sample (shape ({batch_size},)), got {tuple(target.shape)}.")
+        raise ValueError(
+            f"target must hold one class index per sample (shape ({batch_size},)), got {tuple(target.shape)}."
+        )
     return target.long()
 
 
@@ -258,7 +260,8 @@ class GroupWeights:
         present = _plain(present).to("cpu").reshape(-1).bool()
         if group_losses.shape[0] != self.num_groups or present.shape[0] != self.num_groups:
             raise ValueError(
-                f"expected {self.num_groups} group losses and flags, got {group_losses.shape[0]} and {present.shape[0]}."
+                f"expected {self.num_groups} group losses and flags, "
+                f"got {group_losses.shape[0]} and {present.shape[0]}."
             )
         step = torch.where(present, self.step_size * (group_losses + self.adjustments), torch.zeros_like(group_losses))
         log_weights = self.log_weights + step

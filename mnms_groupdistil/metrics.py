@@ -21,6 +21,7 @@ __all__ = [
     "GroupAccuracy",
     "adjusted_average_accuracy",
     "group_accuracies",
+    "majority_vote",
     "mean_group_accuracy",
     "patient_majority_vote",
     "worst_group_accuracy",
@@ -77,6 +78,13 @@ def adjusted_average_accuracy(accuracies: torch.Tensor, train_counts: Sequence[f
     return float((accuracies[present] * counts[present]).sum() / counts[present].sum())
 
 
+def majority_vote(scores: torch.Tensor) -> int:
+    """The class predicted for most rows of ``scores`` (N, C); a tie goes to the larger summed score."""
+    votes = torch.bincount(scores.argmax(dim=1), minlength=scores.shape[1]).double()
+    tie_break = scores.double().sum(dim=0)
+    return int(torch.where(votes == votes.max(), tie_break, torch.full_like(tie_break, -float("inf"))).argmax())
+
+
 def patient_majority_vote(
     scores: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, subjects: Sequence[str]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -99,16 +107,12 @@ def patient_majority_vote(
     order: dict[str, list[int]] = {}
     for index, subject in enumerate(subjects):
         order.setdefault(str(subject), []).append(index)
-    num_classes = scores.shape[1]
     predictions, patient_labels, patient_groups = [], [], []
     for subject, indices in order.items():
         idx = torch.as_tensor(indices)
         if labels[idx].unique().numel() > 1 or groups[idx].unique().numel() > 1:
             raise ValueError(f"frames of patient {subject} carry different labels or groups.")
-        votes = torch.bincount(scores[idx].argmax(dim=1), minlength=num_classes).double()
-        tie_break = scores[idx].double().sum(dim=0)
-        best = votes == votes.max()
-        predictions.append(int(torch.where(best, tie_break, torch.full_like(tie_break, -float("inf"))).argmax()))
+        predictions.append(majority_vote(scores[idx]))
         patient_labels.append(int(labels[idx[0]]))
         patient_groups.append(int(groups[idx[0]]))
     return torch.tensor(predictions), torch.tensor(patient_labels), torch.tensor(patient_groups)
@@ -166,7 +170,8 @@ class GroupAccuracy(Metric):
             raise ValueError("group_names must name at least one group.")
         if reduction == "adjusted" and (train_counts is None or len(train_counts) != len(group_names)):
             raise ValueError(
-                f"reduction='adjusted' needs train_counts with one entry per group ({len(group_names)}), got {train_counts}."
+                f"reduction='adjusted' needs train_counts with one entry per group ({len(group_names)}), "
+                f"got {train_counts}."
             )
         self.group_names = [str(g) for g in group_names]
         self.reduction = reduction

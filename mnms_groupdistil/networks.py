@@ -314,9 +314,7 @@ def _load_pretrained(
         )
     src = _strip_prefixes(obj)
     if name.startswith("densenet"):
-        src = {
-            (m.group(1) + m.group(2) if (m := _OLD_DENSENET_KEY.match(k)) else k): v for k, v in src.items()
-        }
+        src = {(m.group(1) + m.group(2) if (m := _OLD_DENSENET_KEY.match(k)) else k): v for k, v in src.items()}
 
     head_prefix = head_name + "."
     target = network.state_dict()
@@ -357,9 +355,7 @@ def _load_pretrained(
             + (f" ... (+{len(bad_shapes) - _MAX_KEYS_SHOWN} more)" if len(bad_shapes) > _MAX_KEYS_SHOWN else "")
         )
     result = network.load_state_dict(to_load, strict=False)
-    not_loaded = [
-        k for k in result.missing_keys if not k.startswith(head_prefix) and not k.endswith(_OPTIONAL_SUFFIX)
-    ]
+    not_loaded = [k for k in result.missing_keys if not k.startswith(head_prefix) and not k.endswith(_OPTIONAL_SUFFIX)]
     if not_loaded or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
         raise ValueError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
     skipped = sorted(k for k in src if k.startswith(head_prefix))

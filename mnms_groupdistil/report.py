@@ -145,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reports = [load_run(d) for d in args.runs]
     logger.info("Held-out accuracy (%%) per vendor, frames (every slice at ED and ES):\n%s\n", accuracy_table(reports))
-    logger.info("Held-out accuracy (%%) per vendor, patients (majority over frames):\n%s\n",
-                accuracy_table(reports, prefix="val_patient_acc"))
+    logger.info(
+        "Held-out accuracy (%%) per vendor, patients (majority over frames):\n%s\n",
+        accuracy_table(reports, prefix="val_patient_acc"),
+    )
     if args.png:
         png = Path(args.png)
         png.parent.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ BACKENDS = ("nibabel", "simpleitk")
 #: Modes accepted by :class:`RandCineFramed`.
 CINE_FRAME_MODES = ("random", "ed_es")
 
+
 def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along the three voxel axes: the column norms of the affine's 3x3 block."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
@@ -158,9 +159,7 @@ class LoadCineVolume(Transform):
             ValueError: the file is missing, unreadable, not 4D, or refused by SimpleITK.
         """
         if not isinstance(filename, (str, os.PathLike)):
-            raise TypeError(
-                f"LoadCineVolume expects a file path (str or os.PathLike), got {type(filename).__name__}."
-            )
+            raise TypeError(f"LoadCineVolume expects a file path (str or os.PathLike), got {type(filename).__name__}.")
         path = os.fspath(filename)
         if not os.path.isfile(path):
             raise ValueError(f"cannot load cine volume {path!r}: file does not exist.")
@@ -170,8 +169,7 @@ class LoadCineVolume(Transform):
             array, affine = self._read_simpleitk(path)
         if array.ndim != 4:
             raise ValueError(
-                f"cannot load cine volume {path!r}: expected a 4D (x, y, z, t) image, "
-                f"got shape {tuple(array.shape)}."
+                f"cannot load cine volume {path!r}: expected a 4D (x, y, z, t) image, got shape {tuple(array.shape)}."
             )
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise ValueError(f"cannot load cine volume {path!r}: degenerate affine\n{affine}.")
@@ -196,9 +194,7 @@ class LoadCineVolume(Transform):
                 array = img.get_fdata(dtype=np.float32)
             affine = np.asarray(img.affine, dtype=float)
         except Exception as e:  # nibabel raises many types (ImageFileError, EOFError, OSError, zlib.error...)
-            raise ValueError(
-                f"cannot load cine volume {path!r} with nibabel: {type(e).__name__}: {e}"
-            ) from e
+            raise ValueError(f"cannot load cine volume {path!r} with nibabel: {type(e).__name__}: {e}") from e
         return array, affine
 
     @staticmethod
@@ -309,9 +305,7 @@ def _check_index(value: Any, name: str, size: int, shape: tuple[int, ...]) -> in
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__}).")
     value = int(value)
     if not 0 <= value < size:
-        raise ValueError(
-            f"{name}={value} is out of range [0, {size}) for a cine volume of shape {shape} (X, Y, Z, T)."
-        )
+        raise ValueError(f"{name}={value} is out of range [0, {size}) for a cine volume of shape {shape} (X, Y, Z, T).")
     return value
 
 
@@ -336,8 +330,7 @@ class SelectCineFrame(Transform):
         """
         if not isinstance(volume, (np.ndarray, torch.Tensor)):
             raise TypeError(
-                f"SelectCineFrame expects a numpy array or torch tensor (X, Y, Z, T), "
-                f"got {type(volume).__name__}."
+                f"SelectCineFrame expects a numpy array or torch tensor (X, Y, Z, T), got {type(volume).__name__}."
             )
         shape = tuple(int(s) for s in volume.shape)
         if len(shape) != 4:

@@ -8,6 +8,7 @@ second busy process on a 2-core machine, two intra-op threads make each iteratio
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
 import math
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
@@ -49,6 +51,7 @@ CONFIG_COMBINATIONS = {
     "train+groupdro": [TRAIN, GROUPDRO],
     "train+evaluate": [TRAIN, EVALUATE],
     "train+multi_gpu": [TRAIN, str(CONFIGS / "multi_gpu_train.json")],
+    "train+inference": [TRAIN, str(CONFIGS / "inference.json")],
 }
 
 # tiny settings: one epoch, 32 px frames, 2 frames per patient, everything in this process on the CPU
@@ -183,13 +186,33 @@ def evaluation(cohort, student_dirs) -> dict:
 
 SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 VERSION = re.compile(r"^\d+(\.\d+)*([a-z0-9.+-]*)$")
-TENSOR_FIELDS = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def")
+TENSOR_FIELDS = (
+    "type",
+    "format",
+    "num_channels",
+    "spatial_shape",
+    "dtype",
+    "value_range",
+    "is_patch_data",
+    "channel_def",
+)
 
 
 def test_metadata_has_required_fields():
     meta = json.loads(METADATA.read_text())
-    for key in ("version", "changelog", "monai_version", "pytorch_version", "numpy_version",
-                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"):
+    for key in (
+        "version",
+        "changelog",
+        "monai_version",
+        "pytorch_version",
+        "numpy_version",
+        "required_packages_version",
+        "task",
+        "description",
+        "authors",
+        "copyright",
+        "network_data_format",
+    ):
         assert key in meta, f"metadata.json lacks {key!r}"
     assert SEMVER.match(meta["version"]), f"version {meta['version']!r} is not semver"
     assert meta["version"] in meta["changelog"], "the current version has no changelog entry"
@@ -278,7 +301,7 @@ def config_problems(config: dict) -> list[str]:
                 if ref not in parser:
                     problems.append(f"{path}: reference @{ref} names no id")
         if value.startswith("$import "):
-            for module in value[len("$import "):].split(","):
+            for module in value[len("$import ") :].split(","):
                 try:
                     importlib.import_module(module.split(" as ")[0].strip())
                 except ImportError as err:
@@ -320,8 +343,12 @@ def test_reference_check_catches_typos():
 
 def test_train_workflow_has_required_properties(cohort, teacher_dir, tmp_path):
     workflow = make_workflow(
-        [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "out"),
-        teacher_ckpt=str(teacher_dir / "model_final.pt"), network_name="resnet18", **TINY,
+        [TRAIN],
+        dataset_dir=str(cohort),
+        output_dir=str(tmp_path / "out"),
+        teacher_ckpt=str(teacher_dir / "model_final.pt"),
+        network_name="resnet18",
+        **TINY,
     )
     workflow.initialize()  # property values are parsed from the config, which needs the data
     # MONAI's check of the optional "evaluator"/"val_interval" properties reads h["_target_"] for every
@@ -383,7 +410,10 @@ def test_tensorboard_scalars(student_dirs, mode):
         assert f"val_acc_{group}" in tags, sorted(tags)
     assert any(t.startswith("group_loss/") for t in tags), sorted(tags)
     assert "val_worst_group_acc" in tags
-    assert len(scalars["train_loss"]) == load_checkpoint(student_dirs[mode] / "checkpoint_final.pt")["trainer"]["iteration"]
+    assert (
+        len(scalars["train_loss"])
+        == load_checkpoint(student_dirs[mode] / "checkpoint_final.pt")["trainer"]["iteration"]
+    )
 
 
 @pytest.mark.parametrize("mode", ["teacher", "groupdistil", "groupdro"])
@@ -481,7 +511,9 @@ def _initialize_error(config_files: list[str], **overrides: Any) -> BaseExceptio
 
 
 def test_missing_csv_gives_clear_error(cohort_without_csv, tmp_path):
-    err = _initialize_error([TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **TINY)
+    err = _initialize_error(
+        [TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **TINY
+    )
     data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
     assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
     assert "information CSV" in str(data_errors[0]) and str(cohort_without_csv) in str(data_errors[0])
@@ -502,13 +534,27 @@ def test_cli_shows_the_data_error(cohort_missing_image, tmp_path):
     data, subject = cohort_missing_image
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
-        sys.executable, "-m", "monai.bundle", "run", "training",
-        "--config_file", repr([TRAIN, TEACHER]),
-        "--meta_file", str(METADATA),
-        "--logging_file", str(CONFIGS / "logging.conf"),
-        "--dataset_dir", str(data),
-        "--output_dir", str(tmp_path / "o"),
-        "--split", "demo", "--num_workers", "0", "--device", "cpu",
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        repr([TRAIN, TEACHER]),
+        "--meta_file",
+        str(METADATA),
+        "--logging_file",
+        str(CONFIGS / "logging.conf"),
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--split",
+        "demo",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     output = proc.stdout + proc.stderr
@@ -523,8 +569,12 @@ def test_cli_shows_the_data_error(cohort_missing_image, tmp_path):
 def test_missing_teacher_checkpoint_mentions_teacher_ckpt(cohort, tmp_path):
     missing = tmp_path / "no_teacher" / "model.pt"
     err = _initialize_error(
-        [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"), teacher_ckpt=str(missing),
-        network_name="resnet18", **TINY,
+        [TRAIN],
+        dataset_dir=str(cohort),
+        output_dir=str(tmp_path / "o"),
+        teacher_ckpt=str(missing),
+        network_name="resnet18",
+        **TINY,
     )
     chain = exception_chain(err)
     not_found = [e for e in chain if isinstance(e, CheckpointNotFoundError)]
@@ -535,8 +585,12 @@ def test_missing_teacher_checkpoint_mentions_teacher_ckpt(cohort, tmp_path):
 def test_groupdro_student_needs_no_teacher(cohort, teacher_dir, tmp_path):
     """groupDRO needs no teacher: a missing teacher_ckpt does not matter there."""
     workflow = make_workflow(
-        [TRAIN, GROUPDRO], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"),
-        teacher_ckpt=str(tmp_path / "none.pt"), network_name="resnet18", **TINY,
+        [TRAIN, GROUPDRO],
+        dataset_dir=str(cohort),
+        output_dir=str(tmp_path / "o"),
+        teacher_ckpt=str(tmp_path / "none.pt"),
+        network_name="resnet18",
+        **TINY,
     )
     workflow.initialize()
     assert workflow.parser.get_parsed_content("teacher") is None
@@ -553,3 +607,78 @@ def test_generalization_adjustment_uses_training_frame_counts(cohort, tmp_path):
     frames = workflow.parser["frames_per_patient"]
     counts = [frames * sum(r["group"] == g for r in datalist) for g in range(3)]
     assert weights.adjustments.tolist() == pytest.approx([2.0 / c**0.5 for c in counts])
+
+
+INFERENCE = str(CONFIGS / "inference.json")
+
+
+def test_inference_writes_one_prediction_per_volume(cohort, student_dirs, tmp_path):
+    """inference.json on a folder of raw volumes (no CSV, no labels), with the GroupDistil student."""
+    folder = cohort / "Testing"
+    volumes = sorted(folder.rglob("*_sa.nii.gz"))
+    run_workflow(
+        [TRAIN, INFERENCE],
+        workflow_type=None,
+        run_id="inference",
+        dataset_dir=str(folder),
+        output_dir=str(tmp_path),
+        ckpt_path=str(student_dirs["groupdistil"] / "model.pt"),
+        frame_stride=2,
+        **{k: v for k, v in TINY.items() if k != "split"},
+    )
+    with open(tmp_path / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["subject"] for r in rows) == sorted(v.name.replace("_sa.nii.gz", "") for v in volumes)
+    for row in rows:
+        assert row["prediction"] in ("NOR", "HCM")
+        assert int(row["votes_NOR"]) + int(row["votes_HCM"]) == int(row["frames"]) > 0
+        assert float(row["mean_probability_NOR"]) + float(row["mean_probability_HCM"]) == pytest.approx(1, abs=2e-4)
+
+
+def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
+    """MONAI's ckpt_export / onnx_export commands on network_def give the trained student's outputs."""
+    import onnxruntime
+    from monai.bundle import ckpt_export, onnx_export
+
+    model = student_dirs["groupdistil"] / "model.pt"
+    common = {
+        "net_id": "network_def",
+        "ckpt_file": str(model),
+        "meta_file": str(METADATA),
+        "config_file": TRAIN,
+        "key_in_ckpt": "",
+    }
+    ckpt_export(filepath=str(tmp_path / "student.ts"), **common)
+    onnx_export(
+        filepath=str(tmp_path / "student.onnx"),
+        input_shape=[1, 1, 32, 32],
+        use_trace=True,
+        converter_kwargs={"dynamo": False},
+        **common,
+    )
+
+    from mnms_groupdistil.networks import build_network
+
+    eager = build_network("densenet121", num_classes=2, in_channels=1)
+    eager.load_state_dict(load_checkpoint(model))
+    eager.eval()
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        expected = eager(x)
+        scripted = torch.jit.load(str(tmp_path / "student.ts"))(x)
+    torch.testing.assert_close(scripted, expected, atol=1e-5, rtol=1e-4)
+    session = onnxruntime.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_config_has_the_properties_monai_tools_look_for(cohort, student_dirs, tmp_path):
+    workflow = make_workflow(
+        [TRAIN, INFERENCE],
+        workflow_type="infer",
+        dataset_dir=str(cohort / "Testing"),
+        output_dir=str(tmp_path),
+        ckpt_path=str(student_dirs["groupdistil"] / "model.pt"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []

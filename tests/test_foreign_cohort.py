@@ -15,7 +15,20 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
-HEADER = ["", "External code", "Pathology", "VendorName", "Vendor", "Centre", "ED", "ES", "Age", "Sex", "Height", "Weight"]
+HEADER = [
+    "",
+    "External code",
+    "Pathology",
+    "VendorName",
+    "Vendor",
+    "Centre",
+    "ED",
+    "ES",
+    "Age",
+    "Sex",
+    "Height",
+    "Weight",
+]
 FOLDERS = ["Training/Labeled", "Training/Unlabeled", "Validation", "Testing"]
 
 
@@ -44,7 +57,12 @@ def _write_subject(root, folder, code, hcm, rng, dtype, shape):
 def _write_cohort(root):
     rng = np.random.default_rng(42)
     rows = []
-    vendors = {"A": ("SIEMENS", 1), "B": ("Philips Medical Systems", 2), "C": ("GE MEDICAL SYSTEMS", 4), "D": ("Canon", 5)}
+    vendors = {
+        "A": ("SIEMENS", 1),
+        "B": ("Philips Medical Systems", 2),
+        "C": ("GE MEDICAL SYSTEMS", 4),
+        "D": ("Canon", 5),
+    }
     n = 0
     for vendor in "ACDB":
         for pathology in ("HCM", "NOR"):
@@ -55,8 +73,22 @@ def _write_cohort(root):
                 es, ed = (5, 0) if n % 2 else (0, 4)
                 _write_subject(root, FOLDERS[n % 4], code, pathology == "HCM", rng, dtype, shape)
                 name, centre = vendors[vendor]
-                rows.append([n, code, pathology, name, vendor, centre, ed, es, 50 + n, "M" if n % 2 else "F",
-                             "" if n % 5 == 0 else 170.0, "" if n % 5 == 0 else 70.5])
+                rows.append(
+                    [
+                        n,
+                        code,
+                        pathology,
+                        name,
+                        vendor,
+                        centre,
+                        ed,
+                        es,
+                        50 + n,
+                        "M" if n % 2 else "F",
+                        "" if n % 5 == 0 else 170.0,
+                        "" if n % 5 == 0 else 70.5,
+                    ]
+                )
                 n += 1
     with open(root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\r\n")

@@ -169,7 +169,7 @@ def test_dataset_validation(records):
     with pytest.raises(TypeError):
         CineFrameDataset(volumes, [], transform=3)
     with pytest.raises(ValueError, match="group"):
-        CineFrameDataset(volumes, [{"volume": 0}]).groups
+        _ = CineFrameDataset(volumes, [{"volume": 0}]).groups
     assert len(CineFrameDataset(volumes, [])) == 0
 
 

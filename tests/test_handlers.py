@@ -140,7 +140,9 @@ def test_checkpoint_round_trip_resumes_weights_and_epoch(tmp_path):
     loader.attach(resumed)
     epochs_run = []
     resumed.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
-    resumed.add_event_handler(Events.STARTED, lambda e: epochs_run.append(("weights", fresh_weights.log_weights.clone())))
+    resumed.add_event_handler(
+        Events.STARTED, lambda e: epochs_run.append(("weights", fresh_weights.log_weights.clone()))
+    )
     resumed.run()
     assert torch.equal(epochs_run[0][1], saved)  # restored before the first resumed iteration
     assert epochs_run[1:] == [3]  # only the missing epoch runs
@@ -170,8 +172,16 @@ def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
 
     report = MetricsReport(tmp_path / "out" / "metrics.json", ["A", "C"], ["val_acc"], ["val_worst"], {"mode": "x"})
     engine = type("E", (), {})()
-    engine.state = type("S", (), {"metrics": {"val_acc_A": 0.5, "val_acc_C": 1.0, "val_worst": 0.5, "d": {}},
-                                   "epoch": 4, "best_metric": 0.5, "best_metric_epoch": 2})()
+    engine.state = type(
+        "S",
+        (),
+        {
+            "metrics": {"val_acc_A": 0.5, "val_acc_C": 1.0, "val_worst": 0.5, "d": {}},
+            "epoch": 4,
+            "best_metric": 0.5,
+            "best_metric_epoch": 2,
+        },
+    )()
     with caplog.at_level(logging.INFO):
         report.epoch_completed(engine)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -204,7 +214,9 @@ def test_best_model_record_survives_a_restart(tmp_path):
     record = first.state_dict()
 
     restarted_net = _net(1)  # different weights: a worse model after the restart
-    restarted = BestModelSaver(str(tmp_path), {"network": restarted_net}, save_key_metric=True, key_metric_filename="model.pt")
+    restarted = BestModelSaver(
+        str(tmp_path), {"network": restarted_net}, save_key_metric=True, key_metric_filename="model.pt"
+    )
     restarted.load_state_dict(record)
     evaluation(restarted, restarted_net, 0.5, 2)
     kept = torch.load(tmp_path / "model.pt", weights_only=True)

@@ -66,13 +66,22 @@ def test_ignite_metric_frame_and_patient_level(decollate):
     pred = torch.tensor([[0, 1], [0, 1], [1, 0], [0, 1], [0, 1], [0, 1]], dtype=torch.float32)
     batches = [
         {"pred": pred[:3], "label": torch.tensor([1, 1, 1]), "group": torch.tensor([0, 0, 0]), "subject": ["a"] * 3},
-        {"pred": pred[3:], "label": torch.tensor([0, 0, 1]), "group": torch.tensor([1, 1, 1]), "subject": ["b", "b", "c"]},
+        {
+            "pred": pred[3:],
+            "label": torch.tensor([0, 0, 1]),
+            "group": torch.tensor([1, 1, 1]),
+            "subject": ["b", "b", "c"],
+        },
     ]
     metrics = _run_metric(GroupAccuracy(["A", "C"], reduction="none"), batches, decollate)
     assert metrics["val_acc_A"] == pytest.approx(2 / 3)
     assert metrics["val_acc_C"] == pytest.approx(1 / 3)
-    assert _run_metric(GroupAccuracy(["A", "C"], reduction="worst"), batches, decollate)["val_acc"] == pytest.approx(1 / 3)
-    assert _run_metric(GroupAccuracy(["A", "C"], reduction="average"), batches, decollate)["val_acc"] == pytest.approx(3 / 6)
+    assert _run_metric(GroupAccuracy(["A", "C"], reduction="worst"), batches, decollate)["val_acc"] == pytest.approx(
+        1 / 3
+    )
+    assert _run_metric(GroupAccuracy(["A", "C"], reduction="average"), batches, decollate)["val_acc"] == pytest.approx(
+        3 / 6
+    )
     patient = _run_metric(GroupAccuracy(["A", "C"], reduction="none", level="patient"), batches, decollate)
     assert patient["val_acc_A"] == 1.0 and patient["val_acc_C"] == 0.5
     mean = _run_metric(GroupAccuracy(["A", "C"], reduction="mean", level="patient"), batches, decollate)

@@ -54,24 +54,62 @@ def test_read_info_csv_with_index_column(tmp_path):
     )
     rows = read_info_csv(csv_path)
     assert rows == [
-        {"subject": "A0S9V9", "pathology": "NOR", "vendor_name": "Siemens", "vendor": "A", "centre": 1, "ed": 0,
-         "es": 9, "age": 16, "sex": "M", "height": None, "weight": None},
-        {"subject": "A1D0Q7", "pathology": "HCM", "vendor_name": "Philips", "vendor": "B", "centre": 2, "ed": 29,
-         "es": 11, "age": 54, "sex": "F", "height": 163.0, "weight": 71.5},
-        {"subject": "C2L5P7", "pathology": "Other", "vendor_name": "Canon", "vendor": "D", "centre": 5, "ed": 24,
-         "es": 10, "age": 33, "sex": "M", "height": 180, "weight": None},
+        {
+            "subject": "A0S9V9",
+            "pathology": "NOR",
+            "vendor_name": "Siemens",
+            "vendor": "A",
+            "centre": 1,
+            "ed": 0,
+            "es": 9,
+            "age": 16,
+            "sex": "M",
+            "height": None,
+            "weight": None,
+        },
+        {
+            "subject": "A1D0Q7",
+            "pathology": "HCM",
+            "vendor_name": "Philips",
+            "vendor": "B",
+            "centre": 2,
+            "ed": 29,
+            "es": 11,
+            "age": 54,
+            "sex": "F",
+            "height": 163.0,
+            "weight": 71.5,
+        },
+        {
+            "subject": "C2L5P7",
+            "pathology": "Other",
+            "vendor_name": "Canon",
+            "vendor": "D",
+            "centre": 5,
+            "ed": 24,
+            "es": 10,
+            "age": 33,
+            "sex": "M",
+            "height": 180,
+            "weight": None,
+        },
     ]
 
 
 def test_read_info_csv_tolerates_header_case_whitespace_and_no_index(tmp_path):
     csv_path = _write(
         tmp_path / "info.csv",
-        " External Code , pathology ,Vendor Name,VENDOR,Centre, ED ,Es\n"
-        "B3C4D5,hcm,GE,C,4,0,8\n",
+        " External Code , pathology ,Vendor Name,VENDOR,Centre, ED ,Es\nB3C4D5,hcm,GE,C,4,0,8\n",
     )
     (row,) = read_info_csv(csv_path)
     assert (row["subject"], row["pathology"], row["vendor"], row["vendor_name"], row["ed"], row["es"]) == (
-        "B3C4D5", "HCM", "C", "GE", 0, 8)
+        "B3C4D5",
+        "HCM",
+        "C",
+        "GE",
+        0,
+        8,
+    )
     assert row["age"] is None and row["sex"] is None and row["height"] is None
 
 
@@ -147,8 +185,17 @@ def test_load_mnms_cohort_filters_and_finds_images(tmp_path):
     records = load_mnms_cohort(tmp_path)
     assert [r["subject"] for r in records] == ["AAAAAA", "CCCCCC", "DDDDDD", "FFFFFF"]
     by_code = {r["subject"]: r for r in records}
-    assert by_code["AAAAAA"] == {"subject": "AAAAAA", "image": str(paths["AAAAAA"].resolve()), "label": 1,
-                                 "pathology": "HCM", "group": 0, "vendor": "A", "centre": 6, "ed": 0, "es": 3}
+    assert by_code["AAAAAA"] == {
+        "subject": "AAAAAA",
+        "image": str(paths["AAAAAA"].resolve()),
+        "label": 1,
+        "pathology": "HCM",
+        "group": 0,
+        "vendor": "A",
+        "centre": 6,
+        "ed": 0,
+        "es": 3,
+    }
     assert (by_code["CCCCCC"]["label"], by_code["CCCCCC"]["group"], by_code["CCCCCC"]["ed"]) == (0, 1, 4)
     assert (by_code["DDDDDD"]["label"], by_code["DDDDDD"]["group"]) == (1, 2)
     assert by_code["FFFFFF"]["image"] is None
@@ -224,7 +271,11 @@ def test_check_subjects_accepts_what_scanners_write(tmp_path):
     checked = check_subjects(records)
     assert records == before
     assert [(r["subject"], r["num_slices"], r["num_frames"]) for r in checked] == [
-        ("FLOAT1", 5, 7), ("LATEED", 3, 9), ("SKEWED", 4, 6), ("ANISO1", 1, 1)]
+        ("FLOAT1", 5, 7),
+        ("LATEED", 3, 9),
+        ("SKEWED", 4, 6),
+        ("ANISO1", 1, 1),
+    ]
     assert checked[1]["ed"] == 8 and checked[1]["es"] == 3 and checked[0]["label"] == 0
 
 
@@ -297,8 +348,15 @@ def _demo_records(per_cell):
     records = []
     for (vendor, pathology), n in per_cell.items():
         for i in range(n):
-            records.append({"subject": f"{vendor}{pathology}{i:02d}", "vendor": vendor, "pathology": pathology,
-                            "label": ("NOR", "HCM").index(pathology), "group": "ACD".index(vendor)})
+            records.append(
+                {
+                    "subject": f"{vendor}{pathology}{i:02d}",
+                    "vendor": vendor,
+                    "pathology": pathology,
+                    "label": ("NOR", "HCM").index(pathology),
+                    "group": "ACD".index(vendor),
+                }
+            )
     return records
 
 
@@ -306,8 +364,14 @@ def test_demo_split_proportions_and_small_cells():
     per_cell = {("A", "HCM"): 10, ("A", "NOR"): 9, ("C", "HCM"): 2, ("C", "NOR"): 4, ("D", "HCM"): 5, ("D", "NOR"): 3}
     parts = select_split(_demo_records(per_cell), split="demo", seed=7)
     # test = max(1, round(n / 3)): 10->3, 9->3, 2->1, 4->1, 5->2, 3->1
-    expected_test = {("A", "HCM"): 3, ("A", "NOR"): 3, ("C", "HCM"): 1, ("C", "NOR"): 1, ("D", "HCM"): 2,
-                     ("D", "NOR"): 1}
+    expected_test = {
+        ("A", "HCM"): 3,
+        ("A", "NOR"): 3,
+        ("C", "HCM"): 1,
+        ("C", "NOR"): 1,
+        ("D", "HCM"): 2,
+        ("D", "NOR"): 1,
+    }
     assert dict(_cells(parts["test"])) == expected_test
     assert dict(_cells(parts["train"])) == {k: per_cell[k] - expected_test[k] for k in per_cell}
     per_cell[("C", "HCM")] = 1

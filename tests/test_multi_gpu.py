@@ -14,16 +14,38 @@ from monai.bundle import ConfigWorkflow
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
-SETTINGS = {"split": "demo", "max_epochs": 2, "batch_size": 4, "image_size": 32, "frames_per_patient": 2,
-            "num_workers": 0, "device": "cpu"}
+SETTINGS = {
+    "split": "demo",
+    "max_epochs": 2,
+    "batch_size": 4,
+    "image_size": 32,
+    "frames_per_patient": 2,
+    "num_workers": 0,
+    "device": "cpu",
+}
 TINY = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
 
 
 def _torchrun(configs, out, data, *extra):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "monai.bundle", "run", "training",
-               "--config_file", str([str(CONFIGS / c) for c in configs]),
-               "--dataset_dir", str(data), "--output_dir", str(out), *TINY, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        str([str(CONFIGS / c) for c in configs]),
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        *TINY,
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -49,8 +71,15 @@ def test_two_process_training(data, tmp_path, mode):
     out = teacher
     if mode == "kd":
         out = tmp_path / "kd"
-        log = _torchrun(["train.json", "train_kd.json", "multi_gpu_train.json"], out, data,
-                        "--network_name", "resnet18", "--teacher_ckpt", str(teacher / "model_final.pt"))
+        log = _torchrun(
+            ["train.json", "train_kd.json", "multi_gpu_train.json"],
+            out,
+            data,
+            "--network_name",
+            "resnet18",
+            "--teacher_ckpt",
+            str(teacher / "model_final.pt"),
+        )
     assert "rank 0 of 2" in log and "rank 1 of 2" in log
     weights = _weights_by_epoch(log)
     assert sorted(weights) == [1, 2]

@@ -103,7 +103,8 @@ def test_tiny_round_trips_through_prepare_split_demo(tiny, tmp_path):
     # 2 subjects per A/C/D x NOR/HCM cell -> 1 train + 1 test each; vendor B and DCM/ARV dropped
     for part in ("train", "test"):
         assert Counter((r["vendor"], r["pathology"]) for r in parts[part]) == Counter(
-            {(v, p): 1 for v in "ACD" for p in ("NOR", "HCM")})
+            {(v, p): 1 for v in "ACD" for p in ("NOR", "HCM")}
+        )
         for record in parts[part]:
             assert record["num_frames"] >= 3 and record["num_slices"] >= 2
     assert (tmp_path / "split.json").is_file()
@@ -129,8 +130,10 @@ def test_wall_thickness_cavity_and_apex():
                 heart = lv + (labels[:, :, 1, t] == 2).sum()
                 frame_walls.append(np.sqrt(heart / np.pi) - np.sqrt(lv / np.pi))
                 # bright blood pool, dark myocardium
-                assert image[..., 1, t][labels[:, :, 1, t] == 1].mean() > 2.5 * image[..., 1, t][
-                    labels[:, :, 1, t] == 2].mean()
+                assert (
+                    image[..., 1, t][labels[:, :, 1, t] == 1].mean()
+                    > 2.5 * image[..., 1, t][labels[:, :, 1, t] == 2].mean()
+                )
             assert frame_walls[1] > frame_walls[0]  # the wall thickens in systole
             walls[name].append(frame_walls)
     hcm, nor = np.array(walls["HCM"]), np.array(walls["NOR"])

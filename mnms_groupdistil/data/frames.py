@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from monai.transforms import apply_transform
 
-__all__ = ["random_frames", "ed_es_frames", "CineFrameDataset"]
+__all__ = ["CineFrameDataset", "all_frames", "ed_es_frames", "random_frames"]
+
 
 def _int_field(rec: Mapping, key: str, i: int, minimum: int = 0) -> int:
     """Read an integer field of record ``i``; raise ValueError/TypeError naming it when missing or invalid."""
@@ -35,23 +36,22 @@ def _int_field(rec: Mapping, key: str, i: int, minimum: int = 0) -> int:
         raise ValueError(f"record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
     value = rec[key]
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} is not an integer."
-        )
+        raise TypeError(f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} is not an integer.")
     if int(value) < minimum:
-        raise ValueError(
-            f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} must be >= {minimum}."
-        )
+        raise ValueError(f"record {i} (subject {rec.get('subject')!r}) field {key!r}={value!r} must be >= {minimum}.")
     return int(value)
 
 
-def _base_entry(rec: Mapping, i: int) -> dict[str, Any]:
+def _base_entry(rec: Mapping, i: int, require_group: bool = True) -> dict[str, Any]:
     if not isinstance(rec, Mapping):
         raise TypeError(f"record {i} must be a mapping, got {type(rec).__name__}.")
-    for key in ("group", "subject"):
+    for key in ("group", "subject") if require_group else ("subject",):
         if key not in rec:
             raise ValueError(f"record {i} (subject {rec.get('subject')!r}) has no {key!r} field.")
-    return {"volume": i, "group": rec["group"], "subject": rec["subject"]}
+    entry = {"volume": i, "subject": rec["subject"]}
+    if "group" in rec:
+        entry["group"] = rec["group"]
+    return entry
 
 
 def random_frames(records: Sequence[Mapping], frames_per_patient: int = 20) -> list[dict[str, Any]]:
@@ -117,6 +117,30 @@ def ed_es_frames(records: Sequence[Mapping]) -> list[dict[str, Any]]:
     return out
 
 
+def all_frames(records: Sequence[Mapping], frame_stride: int = 1) -> list[dict[str, Any]]:
+    """Frame entries for inference: every slice at every ``frame_stride``-th frame of every volume.
+
+    Needs ``rec["subject"]``, ``rec["num_slices"]`` and ``rec["num_frames"]``; no label or group.
+
+    Returns:
+        ``[{"volume": i, "subject", "slice": z, "frame": t}, ...]`` ordered by volume, frame, slice.
+
+    Raises:
+        TypeError, ValueError: a record lacks a field, or ``frame_stride`` < 1.
+    """
+    if isinstance(frame_stride, bool) or not isinstance(frame_stride, numbers.Integral) or frame_stride < 1:
+        raise ValueError(f"frame_stride={frame_stride!r} must be an integer >= 1.")
+    out: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        base = _base_entry(rec, i, require_group=False)
+        num_slices = _int_field(rec, "num_slices", i, minimum=1)
+        num_frames = _int_field(rec, "num_frames", i, minimum=1)
+        out.extend(
+            {**base, "slice": z, "frame": t} for t in range(0, num_frames, frame_stride) for z in range(num_slices)
+        )
+    return out
+
+
 class CineFrameDataset(torch.utils.data.Dataset):
     """Frame-level dataset over patient-level volume dictionaries.
 
@@ -152,9 +176,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise TypeError(f"CineFrameDataset frame entry {j} volume={v!r} is not an integer index.")
             if not 0 <= v < n:
-                raise ValueError(
-                    f"CineFrameDataset frame entry {j} volume={v} is out of range for {n} volumes."
-                )
+                raise ValueError(f"CineFrameDataset frame entry {j} volume={v} is out of range for {n} volumes.")
         self.volumes = volumes
         self.frames = list(frames)
         self.transform = transform
@@ -172,8 +194,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
         missing = [j for j, f in enumerate(self.frames) if "group" not in f]
         if missing:
             raise ValueError(
-                f"CineFrameDataset frame entries {missing[:5]}{'...' if len(missing) > 5 else ''} "
-                "have no 'group'."
+                f"CineFrameDataset frame entries {missing[:5]}{'...' if len(missing) > 5 else ''} have no 'group'."
             )
         return [f["group"] for f in self.frames]
 

@@ -427,7 +427,11 @@ def load_mnms_cohort(
     """
     groups = tuple(groups)
     classes = tuple(classes)
-    bad = [f"unknown vendor code '{g}' in groups (expected one of {', '.join(VENDORS)})" for g in groups if g not in VENDORS]
+    bad = [
+        f"unknown vendor code '{g}' in groups (expected one of {', '.join(VENDORS)})"
+        for g in groups
+        if g not in VENDORS
+    ]
     bad += [
         f"unknown pathology code '{c}' in classes (expected one of {', '.join(PATHOLOGIES)})"
         for c in classes
@@ -712,8 +716,14 @@ def prepare_split(
     n_train = len(parts["train"])
     result = {"train": checked[:n_train], "test": checked[n_train:]}
     for part in _PARTS:
-        logger.info("split %s (seed %d) %s: %d subjects (%s)", split, int(seed), part, len(result[part]),
-                    _count_summary(result[part]))
+        logger.info(
+            "split %s (seed %d) %s: %d subjects (%s)",
+            split,
+            int(seed),
+            part,
+            len(result[part]),
+            _count_summary(result[part]),
+        )
     if output_dir:
         out = Path(output_dir).expanduser()
         out.mkdir(parents=True, exist_ok=True)

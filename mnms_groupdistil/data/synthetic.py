@@ -47,7 +47,18 @@ logger = logging.getLogger(__name__)
 
 #: Header line of the 211230 M&Ms information CSV (leading unnamed index column).
 MNMS_CSV_HEADER: tuple[str, ...] = (
-    "", "External code", "Pathology", "VendorName", "Vendor", "Centre", "ED", "ES", "Age", "Sex", "Height", "Weight",
+    "",
+    "External code",
+    "Pathology",
+    "VendorName",
+    "Vendor",
+    "Centre",
+    "ED",
+    "ES",
+    "Age",
+    "Sex",
+    "Height",
+    "Weight",
 )
 
 #: Per-vendor appearance: intensity scale, gamma (contrast), relative noise, bias-field strength.
@@ -59,15 +70,30 @@ VENDOR_APPEARANCE: dict[str, dict[str, float]] = {
 }
 
 # Pathologies other than the task's, used as "extra" subjects the reader has to drop.
-_EXTRA_PATHOLOGY_SHAPE = {"DCM": "NOR", "HHD": "HCM", "ARV": "NOR", "AHS": "HCM", "IHD": "NOR", "LVNC": "NOR",
-                          "Other": "NOR"}
+_EXTRA_PATHOLOGY_SHAPE = {
+    "DCM": "NOR",
+    "HHD": "HCM",
+    "ARV": "NOR",
+    "AHS": "HCM",
+    "IHD": "NOR",
+    "LVNC": "NOR",
+    "Other": "NOR",
+}
 
 #: Presets: counts per (vendor, pathology) and size ranges (inclusive) of the generated images.
 MNMS_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "counts": {
-            ("A", "HCM"): 2, ("A", "NOR"): 2, ("C", "HCM"): 2, ("C", "NOR"): 2, ("D", "HCM"): 2, ("D", "NOR"): 2,
-            ("B", "NOR"): 1, ("B", "HCM"): 1, ("A", "DCM"): 1, ("D", "ARV"): 1,
+            ("A", "HCM"): 2,
+            ("A", "NOR"): 2,
+            ("C", "HCM"): 2,
+            ("C", "NOR"): 2,
+            ("D", "HCM"): 2,
+            ("D", "NOR"): 2,
+            ("B", "NOR"): 1,
+            ("B", "HCM"): 1,
+            ("A", "DCM"): 1,
+            ("D", "ARV"): 1,
         },
         "size_range": (24, 40),
         "slice_range": (2, 4),
@@ -75,8 +101,18 @@ MNMS_PRESETS: dict[str, dict[str, Any]] = {
     },
     "demo": {
         "counts": {
-            ("A", "HCM"): 10, ("A", "NOR"): 10, ("C", "HCM"): 5, ("C", "NOR"): 5, ("D", "HCM"): 8, ("D", "NOR"): 8,
-            ("B", "HCM"): 3, ("B", "NOR"): 3, ("A", "DCM"): 2, ("C", "HHD"): 1, ("D", "ARV"): 1, ("B", "Other"): 1,
+            ("A", "HCM"): 10,
+            ("A", "NOR"): 10,
+            ("C", "HCM"): 5,
+            ("C", "NOR"): 5,
+            ("D", "HCM"): 8,
+            ("D", "NOR"): 8,
+            ("B", "HCM"): 3,
+            ("B", "NOR"): 3,
+            ("A", "DCM"): 2,
+            ("C", "HHD"): 1,
+            ("D", "ARV"): 1,
+            ("B", "Other"): 1,
         },
         "size_range": (64, 96),
         "slice_range": (4, 8),
@@ -85,8 +121,18 @@ MNMS_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         # split1/split2 need HCM A25 C5 D10 and NOR A21 C11 D14; one or two more per cell.
         "counts": {
-            ("A", "HCM"): 27, ("A", "NOR"): 23, ("C", "HCM"): 6, ("C", "NOR"): 12, ("D", "HCM"): 11, ("D", "NOR"): 15,
-            ("B", "HCM"): 3, ("B", "NOR"): 3, ("A", "DCM"): 2, ("C", "HHD"): 1, ("D", "LVNC"): 1, ("A", "Other"): 1,
+            ("A", "HCM"): 27,
+            ("A", "NOR"): 23,
+            ("C", "HCM"): 6,
+            ("C", "NOR"): 12,
+            ("D", "HCM"): 11,
+            ("D", "NOR"): 15,
+            ("B", "HCM"): 3,
+            ("B", "NOR"): 3,
+            ("A", "DCM"): 2,
+            ("C", "HHD"): 1,
+            ("D", "LVNC"): 1,
+            ("A", "Other"): 1,
         },
         "size_range": (48, 64),
         "slice_range": (3, 6),
@@ -168,12 +214,12 @@ def synthesize_cine(
         cavity_ed, wall_ed, ejection = rng.uniform(0.09, 0.115), rng.uniform(0.095, 0.125), rng.uniform(0.45, 0.58)
     else:
         cavity_ed, wall_ed, ejection = rng.uniform(0.115, 0.14), rng.uniform(0.042, 0.055), rng.uniform(0.62, 0.72)
-    apex_shrink = 1.0 - 0.55 * zf ** 1.5
-    rc_ed = cavity_ed * m * apex_shrink                       # (1,1,nz,1)
+    apex_shrink = 1.0 - 0.55 * zf**1.5
+    rc_ed = cavity_ed * m * apex_shrink  # (1,1,nz,1)
     ro_ed = rc_ed + wall_ed * m * (1.0 - 0.2 * zf)
-    rc = rc_ed * (ejection + (1.0 - ejection) * f)            # (1,1,nz,nt)
-    ro = np.sqrt(rc ** 2 + (ro_ed ** 2 - rc_ed ** 2))         # myocardial area conserved
-    dist = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)             # (nx,ny,nz,1)
+    rc = rc_ed * (ejection + (1.0 - ejection) * f)  # (1,1,nz,nt)
+    ro = np.sqrt(rc**2 + (ro_ed**2 - rc_ed**2))  # myocardial area conserved
+    dist = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)  # (nx,ny,nz,1)
     cavity = _soft_inside(dist, rc)
     outer = _soft_inside(dist, ro)
 
@@ -185,7 +231,7 @@ def synthesize_cine(
     rx, ry = cx + off * np.cos(theta), cy + off * np.sin(theta)
     u = ((x - rx) * np.cos(theta) + (y - ry) * np.sin(theta)) / np.maximum(rv_b, 1e-3)
     v = (-(x - rx) * np.sin(theta) + (y - ry) * np.cos(theta)) / np.maximum(rv_a, 1e-3)
-    rv = _soft_inside(np.sqrt(u ** 2 + v ** 2) * 4.0, np.float32(4.0)) * (1.0 - outer)
+    rv = _soft_inside(np.sqrt(u**2 + v**2) * 4.0, np.float32(4.0)) * (1.0 - outer)
 
     tissue, myo, blood, rv_blood = rng.uniform(0.3, 0.4), rng.uniform(0.12, 0.2), 1.0, rng.uniform(0.85, 0.95)
     img = tissue * torso
@@ -255,9 +301,7 @@ def _make_codes(n: int, rng: np.random.Generator) -> list[str]:
     codes: list[str] = []
     seen = set()
     while len(codes) < n:
-        code = "".join(
-            letters[rng.integers(26)] if i % 2 == 0 else digits[rng.integers(10)] for i in range(6)
-        )
+        code = "".join(letters[rng.integers(26)] if i % 2 == 0 else digits[rng.integers(10)] for i in range(6))
         if code not in seen:
             seen.add(code)
             codes.append(code)
@@ -357,8 +401,22 @@ def write_mnms_cohort_from_counts(
             height = f"{rng.normal(176 if sex == 'M' else 163, 8):.1f}"
             weight = f"{rng.normal(82 if sex == 'M' else 66, 12):.1f}"
         age = int(np.clip(rng.normal(50, 16), 8, 90))
-        rows.append([str(i), code, pathology, VENDORS[vendor], vendor, str(centre), str(ed), str(es), str(age), sex,
-                     height, weight])
+        rows.append(
+            [
+                str(i),
+                code,
+                pathology,
+                VENDORS[vendor],
+                vendor,
+                str(centre),
+                str(ed),
+                str(es),
+                str(age),
+                sex,
+                height,
+                weight,
+            ]
+        )
 
     with open(root / INFO_CSV_NAME, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
