@@ -15,6 +15,7 @@ import torch
 from monai.bundle import ConfigWorkflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
+# the release's header, written out here rather than imported, so that this test does not trust the generator
 HEADER = [
     "",
     "External code",
