@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -278,7 +279,9 @@ class MetricsReport:
     Attach to the evaluator. After each evaluation it writes ``filepath`` with the latest
     metrics, the best key metric so far and its epoch, and ``extra`` (e.g. the run's mode and
     split), and logs one table line per group:
-    ``group | <metric columns>`` built from metrics named ``<prefix>_<group>``.
+    ``group | <metric columns>`` built from metrics named ``<prefix>_<group>``. The best score
+    is this object's state: put it in the training checkpoint and a resumed run keeps it.
+    Under ``torch.distributed`` only rank 0 writes and logs.
 
     Args:
         filepath: where to write the JSON (parent folders are created).
@@ -287,6 +290,8 @@ class MetricsReport:
             columns, e.g. ``["val_acc", "val_patient_acc"]``.
         summary_metrics: scalar metrics shown under the table (e.g. worst-group accuracy).
         extra: additional JSON fields.
+        key_metric: the metric whose best value (higher is better) is reported; default: the
+            evaluator's key metric.
         name: logger name.
     """
 
@@ -297,21 +302,39 @@ class MetricsReport:
         group_metric_prefixes: Sequence[str] = (),
         summary_metrics: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
+        key_metric: str | None = None,
         name: str | None = None,
     ) -> None:
         self.filepath = Path(filepath)
         self.group_names = [str(g) for g in group_names]
         self.group_metric_prefixes = list(group_metric_prefixes)
         self.summary_metrics = list(summary_metrics)
+        self.key_metric = key_metric
         self.extra = dict(extra or {})
         self.logger = logging.getLogger(name or __name__)
+        self.best_metric: float | None = None
+        self.best_metric_epoch: int | None = None
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best key metric so far and its epoch (plain numbers: loads with ``weights_only``)."""
+        return {"best_metric": self.best_metric, "best_metric_epoch": self.best_metric_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_metric = state_dict.get("best_metric")
+        self.best_metric_epoch = state_dict.get("best_metric_epoch")
+
     def epoch_completed(self, engine: Engine) -> None:
         metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
+        key = self.key_metric or getattr(engine.state, "key_metric_name", None)
+        score = _finite_or_none(metrics.get(key)) if key else None
+        if score is not None and (self.best_metric is None or score > self.best_metric):
+            self.best_metric, self.best_metric_epoch = score, int(engine.state.epoch)
+        if idist.get_rank() != 0:
+            return
         report = {
             **self.extra,
             "epoch": int(engine.state.epoch),
@@ -320,8 +343,9 @@ class MetricsReport:
                 group: {prefix: metrics.get(f"{prefix}_{group}") for prefix in self.group_metric_prefixes}
                 for group in self.group_names
             },
-            "best_metric": _finite_or_none(getattr(engine.state, "best_metric", None)),
-            "best_metric_epoch": getattr(engine.state, "best_metric_epoch", None),
+            "key_metric": key,
+            "best_metric": self.best_metric,
+            "best_metric_epoch": self.best_metric_epoch,
         }
         self.filepath.parent.mkdir(parents=True, exist_ok=True)
         self.filepath.write_text(json.dumps(report, indent=2))

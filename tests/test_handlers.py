@@ -178,15 +178,15 @@ def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
         {
             "metrics": {"val_acc_A": 0.5, "val_acc_C": 1.0, "val_worst": 0.5, "d": {}},
             "epoch": 4,
-            "best_metric": 0.5,
-            "best_metric_epoch": 2,
+            "key_metric_name": "val_worst",
         },
     )()
     with caplog.at_level(logging.INFO):
         report.epoch_completed(engine)
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["per_group"] == {"A": {"val_acc": 0.5}, "C": {"val_acc": 1.0}}
-    assert saved["mode"] == "x" and saved["epoch"] == 4 and saved["best_metric_epoch"] == 2
+    assert saved["mode"] == "x" and saved["epoch"] == 4
+    assert (saved["key_metric"], saved["best_metric"], saved["best_metric_epoch"]) == ("val_worst", 0.5, 4)
     assert "val_worst: 0.500" in caplog.text and "C     | 1.000" in caplog.text
 
 
@@ -224,3 +224,29 @@ def test_best_model_record_survives_a_restart(tmp_path):
     evaluation(restarted, restarted_net, 0.9, 3)
     replaced = torch.load(tmp_path / "model.pt", weights_only=True)
     assert all(torch.equal(replaced[k], v) for k, v in restarted_net.state_dict().items())
+
+
+def test_metrics_report_keeps_the_best_score_across_a_restart(tmp_path):
+    def evaluate(report, epoch, score):
+        engine = Engine(lambda e, b: None)
+        engine.state.metrics = {"val_worst": score, "val_acc_A": score}
+        engine.state.epoch = epoch
+        engine.state.key_metric_name = "val_worst"
+        report.epoch_completed(engine)
+        return json.loads((tmp_path / "metrics.json").read_text())
+
+    report = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"])
+    assert evaluate(report, 1, 0.6)["best_metric_epoch"] == 1
+    assert evaluate(report, 2, 0.8)["best_metric_epoch"] == 2
+    state = torch.load(_saved(tmp_path, report.state_dict()), weights_only=True)
+    restarted = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"])
+    restarted.load_state_dict(state)
+    saved = evaluate(restarted, 3, 0.7)
+    assert (saved["best_metric"], saved["best_metric_epoch"], saved["metrics"]["val_worst"]) == (0.8, 2, 0.7)
+    assert evaluate(restarted, 4, 0.9)["best_metric_epoch"] == 4
+
+
+def _saved(folder, state):
+    path = folder / "state.pt"
+    torch.save(state, path)
+    return path
