@@ -70,7 +70,10 @@ def attach_resume(
     Attaches MONAI's ``CheckpointLoader`` (which loads with ``weights_only=True``) for
     :func:`latest_checkpoint`; the trainer then continues from the saved epoch with everything in
     ``load_dict`` restored (network, optimizer, group weights, the best-model record of a
-    :class:`BestModelSaver`). Does nothing in a directory without checkpoints.
+    :class:`BestModelSaver`). Once the resumed run has saved a newer checkpoint after its first
+    epoch, the checkpoints written before the resume are removed (call this after attaching the
+    run's ``CheckpointSaver``, so that its save comes first). Does nothing in a directory without
+    checkpoints.
 
     Args:
         engine: the trainer.
@@ -85,8 +88,23 @@ def attach_resume(
     path = latest_checkpoint(directory, pattern)
     if path is None:
         return None
-    logging.getLogger(__name__).info(f"Resuming from {path}")
+    logger = logging.getLogger(__name__)
+    logger.info(f"Resuming from {path}")
     CheckpointLoader(load_path=path, load_dict=load_dict, map_location=map_location).attach(engine)
+
+    previous = set(Path(directory).glob(pattern))
+
+    def drop_superseded(engine: Engine) -> None:
+        """Once the resumed run has saved a newer checkpoint, remove those written before the resume."""
+        engine.remove_event_handler(drop_superseded, Events.EPOCH_COMPLETED)
+        newest = latest_checkpoint(directory, pattern)
+        if idist.get_rank() != 0 or newest is None or Path(newest) in previous:
+            return
+        for old in sorted(p for p in previous if p.exists()):
+            old.unlink()
+            logger.info(f"Removed {old}: superseded by {newest}")
+
+    engine.add_event_handler(Events.EPOCH_COMPLETED, drop_superseded)
     return path
 
 

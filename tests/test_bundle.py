@@ -461,6 +461,7 @@ def test_resume_continues_from_last_epoch(cohort, tmp_path):
     assert first["trainer"]["iteration"] == epoch_length
     _, first_updates = group_weights_of(first)
     assert first_updates == epoch_length
+    first_best = json.loads((out / "metrics.json").read_text())["best_metric"]
 
     workflow = make_workflow([TRAIN, TEACHER], **{**common, "max_epochs": 2})
     workflow.initialize()
@@ -479,6 +480,14 @@ def test_resume_continues_from_last_epoch(cohort, tmp_path):
     _, second_updates = group_weights_of(second)
     assert second_updates == 2 * epoch_length, "group weights restarted instead of continuing"
     assert list(out.glob("checkpoint*epoch=2*.pt"))
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["best_metric"] == pytest.approx(max(first_best, report["metrics"]["val_worst_group_acc"]))
+    assert report["best_metric_epoch"] == (1 if first_best >= report["metrics"]["val_worst_group_acc"] else 2)
+    # the checkpoints of the first run were removed once the resumed run had saved a newer one
+    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == [
+        "checkpoint_checkpoint_epoch=2.pt",
+        "checkpoint_final.pt",
+    ]
 
 
 # ------------------------------------------------------------------------------- 6. bad input
