@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
+from mnms_groupdistil.data.mnms import cine_volume_problems
 from mnms_groupdistil.metrics import majority_vote
 
 __all__ = ["PatientPredictionWriter", "find_cine_volumes"]
@@ -27,13 +27,15 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
     """Records of the 4D cine volumes at ``path``: one NIfTI file, or every ``pattern`` file below a folder.
 
     The subject is the file name up to ``_sa`` (``A0S9V9_sa.nii.gz`` -> ``A0S9V9``); the slice and
-    frame counts come from the header.
+    frame counts come from the header. Each file gets the checks of the training data
+    (:func:`mnms_groupdistil.data.mnms.cine_volume_problems`).
 
     Returns:
         ``[{"subject", "image", "num_slices", "num_frames"}, ...]`` sorted by path.
 
     Raises:
-        ValueError: no volume found, or a file that is unreadable or not 4D (all such files listed).
+        ValueError: no volume found, or a file that is unreadable, not 4D or truncated (all such files
+            listed).
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -47,13 +49,9 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
     records, problems = [], []
     for file in files:
         subject = re.sub(r"(_sa)?\.nii(\.gz)?$", "", file.name)
-        try:
-            shape = nib.load(str(file)).shape
-        except Exception as error:  # nibabel raises many types for damaged files
-            problems.append(f"{file} (subject {subject}): cannot read the NIfTI header ({error})")
-            continue
-        if len(shape) != 4:
-            problems.append(f"{file} (subject {subject}): expected a 4D cine volume (x, y, slice, frame), got {shape}")
+        shape, file_problems = cine_volume_problems(file)
+        if file_problems:
+            problems += [f"{file} (subject {subject}): {p}" for p in file_problems]
             continue
         records.append(
             {"subject": subject, "image": str(file.resolve()), "num_slices": shape[2], "num_frames": shape[3]}

@@ -43,11 +43,17 @@ def test_find_cine_volumes_errors(tmp_path):
     _save(tmp_path / "C3" / "C3_sa.nii.gz", (8, 8, 2))
     (tmp_path / "D4").mkdir()
     (tmp_path / "D4" / "D4_sa.nii.gz").write_bytes(b"not a nifti file")
+    noise = np.random.default_rng(0).integers(0, 1000, (16, 16, 4, 6), dtype=np.int16)
+    (tmp_path / "E5").mkdir()
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), str(tmp_path / "E5" / "E5_sa.nii.gz"))
+    whole = (tmp_path / "E5" / "E5_sa.nii.gz").read_bytes()
+    (tmp_path / "E5" / "E5_sa.nii.gz").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ValueError) as error:
         find_cine_volumes(tmp_path)
     message = str(error.value)
     assert "C3_sa.nii.gz (subject C3): expected a 4D" in message
     assert "D4_sa.nii.gz (subject D4): cannot read" in message
+    assert "E5_sa.nii.gz (subject E5): voxel data" in message
 
 
 def test_patient_prediction_writer(tmp_path):

@@ -49,6 +49,7 @@ __all__ = [
     "find_subject_image",
     "load_mnms_cohort",
     "check_subjects",
+    "cine_volume_problems",
     "select_split",
     "prepare_split",
 ]
@@ -490,9 +491,36 @@ def _verify_data(path: Path, header: Any, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
+def cine_volume_problems(path: str | Path) -> tuple[tuple[int, ...] | None, list[str]]:
+    """Shape of the 4D cine volume at ``path`` and what is wrong with the file, without loading it.
+
+    Checks that the file exists, that nibabel reads its header, that it is 4D with no empty
+    dimension, and that all its voxel data are there (see :func:`_verify_data`).
+
+    Returns:
+        ``(shape, problems)``: ``shape`` is None when the file cannot be used at all; ``problems``
+        are texts without the file name, empty for a sound file.
+    """
     import nibabel as nib
 
+    path = Path(path)
+    if not path.is_file():
+        return None, ["image file does not exist"]
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(s) for s in img.shape)
+        header = img.header
+    except Exception as err:  # noqa: BLE001 - report instead of a raw nibabel traceback
+        return None, [f"cannot read the NIfTI header ({type(err).__name__}: {err})"]
+    if len(shape) != 4:
+        return None, [f"expected a 4D (x, y, z, t) cine image, got {len(shape)}D shape {shape}"]
+    if min(shape) < 1:
+        return None, [f"empty image, shape {shape} has a zero dimension"]
+    data_problem = _verify_data(path, header, shape)
+    return shape, [data_problem] if data_problem else []
+
+
+def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
     code = record.get("subject", "?")
     image = record.get("image")
     if not image:
@@ -506,20 +534,10 @@ def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | 
         )
     path = Path(image)
     prefix = f"subject {code}: {path}"
-    if not path.is_file():
-        return [f"{prefix}: image file does not exist"], None, None
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        header = img.header
-    except Exception as err:  # noqa: BLE001 - report instead of a raw nibabel traceback
-        return [f"{prefix}: cannot read the NIfTI header ({type(err).__name__}: {err})"], None, None
-    if len(shape) != 4:
-        return [f"{prefix}: expected a 4D (x, y, z, t) cine image, got {len(shape)}D shape {shape}"], None, None
+    shape, file_problems = cine_volume_problems(path)
+    if shape is None:
+        return [f"{prefix}: {p}" for p in file_problems], None, None
     problems: list[str] = []
-    if min(shape) < 1:
-        problems.append(f"{prefix}: empty image, shape {shape} has a zero dimension")
-        return problems, None, None
     num_slices, num_frames = shape[2], shape[3]
     for key in ("ed", "es"):
         frame = record.get(key)
@@ -527,9 +545,7 @@ def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | 
             problems.append(
                 f"{prefix}: {key.upper()} frame {frame} outside the image's frames [0, {num_frames}) (shape {shape})"
             )
-    data_problem = _verify_data(path, header, shape)
-    if data_problem:
-        problems.append(f"{prefix}: {data_problem}")
+    problems += [f"{prefix}: {p}" for p in file_problems]
     return problems, num_slices, num_frames
 
 
