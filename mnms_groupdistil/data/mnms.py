@@ -34,6 +34,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from mnms_groupdistil.data.errors import DataError
+
 __all__ = [
     "VENDORS",
     "CENTRES",
@@ -148,21 +150,13 @@ _REQUIRED = ("subject", "pathology", "vendor", "ed", "es")
 _INFO_KEYS = ("subject", "pathology", "vendor_name", "vendor", "centre", "ed", "es", "age", "sex", "height", "weight")
 
 
-class MnMsDataError(ValueError):
+class MnMsDataError(DataError):
     """Problems found in an M&Ms dataset, its information CSV or a requested split.
 
     Attributes:
         problems: One human-readable line per problem; each names the subject (where there is
             one), the file and what is wrong.
     """
-
-    def __init__(self, problems: str | Sequence[str], header: str | None = None) -> None:
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems: list[str] = list(problems)
-        lines = [header] if header else []
-        lines += self.problems
-        super().__init__("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------- CSV
