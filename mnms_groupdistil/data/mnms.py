@@ -34,7 +34,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from mnms_groupdistil.errors import InputError
+from mnms_groupdistil.data.errors import DataError
 
 __all__ = [
     "VENDORS",
@@ -150,7 +150,7 @@ _REQUIRED = ("subject", "pathology", "vendor", "ed", "es")
 _INFO_KEYS = ("subject", "pathology", "vendor_name", "vendor", "centre", "ed", "es", "age", "sex", "height", "weight")
 
 
-class MnMsDataError(InputError):
+class MnMsDataError(DataError):
     """Problems found in an M&Ms dataset, its information CSV or a requested split.
 
     Attributes:
