@@ -27,6 +27,7 @@ from monai.transforms import MapTransform
 
 from .data.mnms import cine_volume_problems
 from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
+from .errors import InputError
 from .metrics import majority_vote
 from .transforms import LoadCineVolume
 
@@ -57,8 +58,8 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
         by path, then DICOM folders sorted by path.
 
     Raises:
-        ValueError: nothing found, or a file or series that is unreadable, not 4D, truncated or incomplete (all
-            such inputs listed).
+        InputError: (a ``ValueError``) nothing found, or a file or series that is unreadable, not 4D, truncated
+            or incomplete (all such inputs listed).
     """
     path = Path(path).expanduser()
     if path.is_file():
@@ -66,11 +67,11 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
     elif path.is_dir():
         files, folders = sorted(path.rglob(pattern)), _dicom_folders(path)
     else:
-        raise ValueError(
+        raise InputError(
             f"{path} does not exist: pass a 4D NIfTI file, a DICOM series folder or a folder holding either."
         )
     if not files and not folders:
-        raise ValueError(f"no '{pattern}' file and no DICOM file found below {path}.")
+        raise InputError(f"no '{pattern}' file and no DICOM file found below {path}.")
     records, problems = [], []
     for file in files:
         subject = re.sub(r"(_sa)?\.nii(\.gz)?$", "", file.name)
@@ -105,7 +106,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
             }
         )
     if problems:
-        raise ValueError("cannot run inference on:\n" + "\n".join(problems))
+        raise InputError(problems, header="cannot run inference on:")
     return records
 
 
