@@ -242,7 +242,7 @@ def _mnms_readme(settings: Mapping[str, Any], metrics: Mapping[str, Any], figure
 Input: 4D short-axis cine MRI, one volume per patient: a NIfTI file `<CODE>_sa.nii.gz` (x, y, slice,
 phase), or a folder holding the DICOM series (one file per slice position and phase; arranged by
 slice position and trigger time; SimpleITK needed). Every slice at every phase (`--frame_stride N`
-for every N-th phase) is clipped to its {low}th-{high}th intensity percentiles, rescaled to [0, 1],
+for every N-th phase) is clipped to its intensity percentiles {low} and {high}, rescaled to [0, 1],
 cropped or zero-padded to {size} x {size} and classified; a volume's frames are combined by
 majority vote.
 
