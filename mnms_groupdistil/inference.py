@@ -25,7 +25,7 @@ from monai.config import KeysCollection
 from monai.handlers import from_engine
 from monai.transforms import MapTransform
 
-from .data.mnms import cine_volume_problems
+from .data.nifti import cine_volume_problems
 from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
 from .errors import InputError
 from .metrics import majority_vote
@@ -49,7 +49,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
     A folder is searched for ``pattern`` NIfTI files (the subject is the file name up to ``_sa``:
     ``A0S9V9_sa.nii.gz`` -> ``A0S9V9``) and for DICOM series (every folder directly holding DICOM files is one
     cine series, see :func:`mnms_groupdistil.dicom.dicom_series_info`; the subject is the folder name). Each
-    NIfTI file gets the checks of the training data (:func:`mnms_groupdistil.data.mnms.cine_volume_problems`),
+    NIfTI file gets the checks of the training data (:func:`mnms_groupdistil.data.nifti.cine_volume_problems`),
     each DICOM series the checks of its headers. The vendor comes from a DICOM series' Manufacturer tag and is
     empty for NIfTI files, whose headers do not carry it.
 
