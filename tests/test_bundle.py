@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import math
 import re
 import shutil
 from collections import Counter

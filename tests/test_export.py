@@ -174,6 +174,10 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
     bundle = tmp_path / "exported"
     proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    reported = json.loads((run / "metrics.json").read_text())["metrics"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
+    assert "test_worst_group_acc" in metadata["eval_metrics"]
 
     volume = sorted(data.rglob("*_sa.nii.gz"))[0]
     assert len(nib.load(str(volume)).shape) == 4
