@@ -212,12 +212,13 @@ class PatientPredictionWriter:
         probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
         subjects, slices, frames = self.batch_transform(engine.state.batch)
         batch = engine.state.batch  # a collated dict, or a list of dicts once decollated
-        info = [[""] * len(subjects) if values is None else [str(v) for v in values] for values in (
-            batch.get(k) if isinstance(batch, Mapping) else [item.get(k, "") for item in batch] for k in self.info_keys
-        )]
         for i, (subject, z, t, p) in enumerate(zip(subjects, slices, frames, probabilities)):
             self._rows.append((str(subject), int(z), int(t), p))
-            self._info.setdefault(str(subject), [values[i] for values in info])
+            if str(subject) not in self._info:
+                if isinstance(batch, Mapping):
+                    self._info[str(subject)] = [str(batch[k][i]) if k in batch else "" for k in self.info_keys]
+                else:
+                    self._info[str(subject)] = [str(batch[i].get(k, "")) for k in self.info_keys]
 
     def epoch_completed(self, engine: Engine) -> None:
         by_subject: dict[str, list[torch.Tensor]] = {}
