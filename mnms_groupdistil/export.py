@@ -241,10 +241,10 @@ def _mnms_readme(settings: Mapping[str, Any], metrics: Mapping[str, Any], figure
 
 Input: 4D short-axis cine MRI, one volume per patient: a NIfTI file `<CODE>_sa.nii.gz` (x, y, slice,
 phase), or a folder holding the DICOM series (one file per slice position and phase; arranged by
-slice position and trigger time; SimpleITK needed). Every slice at every phase (`--frame_stride N`
-for every N-th phase) is clipped to its intensity percentiles {low} and {high}, rescaled to [0, 1],
-cropped or zero-padded to {size} x {size} and classified; a volume's frames are combined by
-majority vote.
+slice position and trigger time; SimpleITK needed). A volume's intensities are clipped to its
+percentiles {low} and {high} (over all slices and phases) and rescaled to [0, 1]; every slice at
+every phase (`--frame_stride N` for every N-th phase) is cropped or zero-padded to {size} x {size}
+and classified; a volume's frames are combined by majority vote.
 
 Output in `--output_dir`: `predictions.csv` (subject, prediction, frames, vendor and manufacturer
 for DICOM input, votes and mean probability per class) and `frame_predictions.csv`.
