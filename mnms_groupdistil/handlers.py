@@ -5,6 +5,8 @@
   ``engine.state``.
 - :class:`GroupScalarWriter` writes those to TensorBoard every iteration (as the
   ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
+- :class:`AtomicCheckpointSaver` writes checkpoints through a temporary file (never half-written);
+  :class:`RunGuard` stops a run on SIGTERM/SIGINT or a non-finite loss after saving one.
 - :class:`AttachMetrics` gives an evaluator metrics without a key metric (test data rank nothing).
 - :class:`MetricsReport` records every evaluation, writes ``metrics.json`` (with how the
   reported model was selected) and logs a per-group summary table.
@@ -15,6 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
 from ignite.metrics import Metric
 from monai.engines.utils import IterationEvents
 from monai.data.utils import set_rnd
@@ -30,15 +35,20 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import CommonKeys as Keys
 from monai.utils import set_determinism
 
+from mnms_groupdistil.errors import ReportedError
 from mnms_groupdistil.losses import GroupWeightedLoss
 
 __all__ = [
+    "AtomicCheckpointSaver",
     "AttachMetrics",
     "BestModelSaver",
     "EpochSeeds",
     "GroupScalarWriter",
     "GroupWeightedLossHandler",
     "MetricsReport",
+    "NonFiniteLossError",
+    "RunGuard",
+    "RunInterrupted",
     "attach_resume",
     "group_from_batch",
     "latest_checkpoint",
@@ -167,13 +177,206 @@ class EpochSeeds:
             set_rnd(dataset, seed)
 
 
-class BestModelSaver(CheckpointSaver):
+class _AtomicDiskSaver(DiskSaver):
+    """Ignite's atomic ``DiskSaver`` (temporary file in the same folder, then ``os.replace``; group and
+    others get read permission) with MONAI's fixed-file-name option."""
+
+    def __init__(self, dirname: str, filename: str | None = None) -> None:
+        super().__init__(dirname=dirname, require_empty=False, atomic=True)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        super().__call__(checkpoint, self.filename or filename, metadata)
+
+    def remove(self, filename: str) -> None:
+        """Remove a superseded file; a fixed-name file is left for the next save to replace atomically
+        (removing it first would leave no checkpoint if the process died in between)."""
+        if self.filename is None:
+            super().remove(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` writing every file atomically.
+
+    MONAI writes checkpoints in place, so a run killed while saving leaves a half-written file that
+    the next run would try to resume from. This saver writes to a temporary file in ``save_dir``
+    and renames it over the target (``os.replace``), so a checkpoint file is either the old one or
+    the complete new one; a kill can leave at most a ``tmp*`` file, which resuming ignores. Takes
+    the arguments of ``CheckpointSaver``.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir, save_dict, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicDiskSaver(
+                    self.save_dir, getattr(checkpoint.save_handler, "filename", None)
+                )
+
+
+class NonFiniteLossError(ReportedError, FloatingPointError):
+    """The training loss became NaN or infinite; raised by :class:`RunGuard` after saving a checkpoint."""
+
+
+class RunInterrupted(SystemExit):
+    """The run was stopped by a signal after saving a checkpoint; exits with status ``128 + signal``.
+
+    Args:
+        signum: the signal's number.
+        message: what happened and how to resume.
+    """
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(128 + int(signum))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RunGuard:
+    """Stop a training run cleanly, after saving its checkpoint, on SIGTERM/SIGINT or a non-finite loss.
+
+    - **Signals** (cluster pre-emption, Ctrl-C): the first ``SIGTERM``/``SIGINT`` lets the current
+      iteration finish, then the run's ``checkpoint_saver`` writes its final checkpoint and the run
+      ends with :class:`RunInterrupted` (a ``SystemExit`` with status ``128 + signal``, 143 for
+      SIGTERM; no traceback). Running the same command again resumes from that checkpoint. A second
+      signal gets the handler that was installed before (Ctrl-C twice stops at once). Signal
+      handlers are installed while the engine runs, from the main thread only. Under
+      ``torch.distributed`` every rank must receive the signal (``torchrun`` forwards SIGTERM).
+    - **Divergence**: after the loss of each iteration (``IterationEvents.LOSS_COMPLETED``, so
+      before the backward pass and the optimizer step) it checks the per-group losses that
+      :class:`GroupWeightedLossHandler` publishes. When a group present in the batch has a NaN or
+      infinite loss it saves the final checkpoint (network, optimizer and group weights as they
+      were before this iteration: :meth:`GroupWeights.update <mnms_groupdistil.losses.GroupWeights.update>`
+      skips non-finite losses) and raises :class:`NonFiniteLossError` naming the iteration, the
+      epoch and the batch's groups with their losses and sizes. The check reads the host copies of
+      the group losses that the loss handler makes for logging anyway: it adds no device
+      synchronisation to the step. Without those losses on ``engine.state`` it checks the scalar
+      loss instead (one synchronisation per iteration).
+
+    Attach it after the loss handler and the checkpoint saver.
+
+    Args:
+        checkpoint_saver: the run's training-state saver (``save_final=True``); its
+            ``exception_raised`` writes the final checkpoint before the error propagates.
+        group_names: one name per group id, for the messages.
+        signals: names of the signals that stop the run.
+        name: logger name.
+
+    Raises:
+        ValueError: for an unknown signal name or a saver without ``save_final``.
+    """
+
+    def __init__(
+        self,
+        checkpoint_saver: CheckpointSaver,
+        group_names: Sequence[str] = (),
+        signals: Sequence[str] = ("SIGTERM", "SIGINT"),
+        name: str | None = None,
+    ) -> None:
+        if getattr(checkpoint_saver, "_final_checkpoint", None) is None:
+            raise ValueError("RunGuard needs a checkpoint_saver with save_final=True: it saves the run when it stops.")
+        unknown = [s for s in signals if not isinstance(getattr(signal, str(s), None), signal.Signals)]
+        if unknown:
+            raise ValueError(f"RunGuard signals {unknown} are not signal names (e.g. 'SIGTERM', 'SIGINT').")
+        self.checkpoint_saver = checkpoint_saver
+        self.group_names = [str(g) for g in group_names]
+        self.signals = [getattr(signal, str(s)) for s in signals]
+        self.logger = logging.getLogger(name or __name__)
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Register the signal set-up, the loss check and the stop (idempotent)."""
+        for event, handler in (
+            (Events.STARTED, self.started),
+            (IterationEvents.LOSS_COMPLETED, self.loss_completed),
+            (Events.ITERATION_COMPLETED, self.iteration_completed),
+            (Events.COMPLETED, self.completed),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    def started(self, engine: Engine) -> None:
+        """Install the signal handlers (main thread only)."""
+        self.received = None
+        if threading.current_thread() is not threading.main_thread():
+            self.logger.warning("RunGuard: not in the main thread, SIGTERM/SIGINT will not save a checkpoint")
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        self._restore()
+        self.logger.warning(f"{signal.Signals(signum).name} received: stopping after this iteration")
+
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _final_path(self) -> str:
+        filename = getattr(self.checkpoint_saver, "_final_filename", None) or "the final checkpoint"
+        return str(Path(self.checkpoint_saver.save_dir) / filename)
+
+    def _group_name(self, index: int) -> str:
+        return self.group_names[index] if index < len(self.group_names) else str(index)
+
+    def loss_completed(self, engine: Engine) -> None:
+        """Stop, after saving, when this iteration's loss is not finite."""
+        losses = getattr(engine.state, "group_losses", None)
+        counts = getattr(engine.state, "group_counts", None)
+        if losses is not None and counts is not None:
+            present = torch.as_tensor(counts) > 0
+            if bool(torch.isfinite(torch.as_tensor(losses))[present].all()):
+                return
+            batch = ", ".join(
+                f"{self._group_name(g)} ({int(counts[g])} samples, mean loss {float(losses[g])})"
+                for g in range(len(counts))
+                if present[g]
+            )
+        else:
+            loss = engine.state.output[Keys.LOSS]
+            if bool(torch.isfinite(torch.as_tensor(loss)).all()):
+                return
+            batch = f"groups unknown, loss {loss}"
+        error = NonFiniteLossError(
+            f"the training loss is not finite at iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
+            f"groups in the batch: {batch}. The network, optimizer and group weights from before this "
+            f"iteration are saved in {self._final_path()}. Lower learning_rate (or group_step_size), or check "
+            "the images of these groups, then run again (it resumes from the checkpoint) or use a new output_dir."
+        )
+        self.logger.error(str(error))
+        self._restore()
+        self.checkpoint_saver.exception_raised(engine, error)  # saves, then raises the error
+
+    def iteration_completed(self, engine: Engine) -> None:
+        """After a signal: save the final checkpoint and end the run with :class:`RunInterrupted`."""
+        if self.received is None:
+            return
+        name = signal.Signals(self.received).name
+        stop = RunInterrupted(
+            self.received,
+            f"stopped by {name} after iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
+            f"checkpoint saved in {self._final_path()}: run the same command again to resume",
+        )
+        self.logger.warning(str(stop))
+        self.checkpoint_saver.exception_raised(engine, stop)  # saves, then raises SystemExit
+
+    def completed(self, engine: Engine) -> None:
+        """Put back the signal handlers that were there before the run."""
+        self._restore()
+
+
+class BestModelSaver(AtomicCheckpointSaver):
     """MONAI's ``CheckpointSaver`` whose best-score record can go into the training checkpoint.
 
     Put it in the trainer's checkpoint ``save_dict``: a resumed run then knows the best key
     metric reached before the stop and replaces the best model (``key_metric_filename``) only
-    with a better one. The model file itself stays a plain state dict. Takes the arguments of
-    ``CheckpointSaver``.
+    with a better one. The model file itself stays a plain state dict, written atomically. Takes
+    the arguments of ``CheckpointSaver``.
     """
 
     def state_dict(self) -> dict[str, Any]:

@@ -297,7 +297,8 @@ class GroupWeights:
             present: boolean mask of shape (G,), True for the groups seen in the batch.
 
         Returns:
-            The updated weights, shape (G,).
+            The updated weights, shape (G,). When a present group's loss is NaN or infinite the
+            weights (and ``num_updates``) stay as they were: a non-finite loss never reaches them.
         """
         group_losses = _plain(group_losses).detach().to("cpu", torch.float64).reshape(-1)
         present = _plain(present).to("cpu").reshape(-1).bool()
@@ -306,10 +307,14 @@ class GroupWeights:
                 f"expected {self.num_groups} group losses and flags, "
                 f"got {group_losses.shape[0]} and {present.shape[0]}."
             )
-        step = torch.where(present, self.step_size * (group_losses + self.adjustments), torch.zeros_like(group_losses))
+        # a non-finite loss of a present group skips the whole step (decided on the tensors' device, without
+        # a host synchronisation); the trainer's RunGuard then stops the run with an error
+        finite = torch.isfinite(group_losses).logical_or(~present).all()
+        move = present.logical_and(finite)
+        step = torch.where(move, self.step_size * (group_losses + self.adjustments), torch.zeros_like(group_losses))
         log_weights = self.log_weights + step
         self.log_weights = log_weights - torch.logsumexp(log_weights, dim=0)
-        self.num_updates += 1
+        self.num_updates += finite.to(self.num_updates.dtype)
         return self.weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
