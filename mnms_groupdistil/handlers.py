@@ -244,16 +244,19 @@ class RunGuard:
       signal gets the handler that was installed before (Ctrl-C twice stops at once). Signal
       handlers are installed while the engine runs, from the main thread only. Under
       ``torch.distributed`` every rank must receive the signal (``torchrun`` forwards SIGTERM).
-    - **Divergence**: after the loss of each iteration (``IterationEvents.LOSS_COMPLETED``, so
-      before the backward pass and the optimizer step) it checks the per-group losses that
-      :class:`GroupWeightedLossHandler` publishes. When a group present in the batch has a NaN or
-      infinite loss it saves the final checkpoint (network, optimizer and group weights as they
-      were before this iteration: :meth:`GroupWeights.update <mnms_groupdistil.losses.GroupWeights.update>`
-      skips non-finite losses) and raises :class:`NonFiniteLossError` naming the iteration, the
-      epoch and the batch's groups with their losses and sizes. The check reads the host copies of
-      the group losses that the loss handler makes for logging anyway: it adds no device
-      synchronisation to the step. Without those losses on ``engine.state`` it checks the scalar
-      loss instead (one synchronisation per iteration).
+    - **Divergence**: after the loss of each iteration (``IterationEvents.LOSS_COMPLETED``, before
+      the backward pass and the optimizer step) it looks at the per-group losses that
+      :class:`GroupWeightedLossHandler` publishes and records, on their device and without a host
+      read, the first iteration where a group present in the batch has a NaN or infinite loss
+      (:meth:`GroupWeights.update <mnms_groupdistil.losses.GroupWeights.update>` already skips such
+      losses, so they never reach the group weights). Every ``check_interval`` iterations it reads
+      that record back (one host synchronisation) and, if set, raises :class:`NonFiniteLossError`
+      naming the iteration, the epoch and the batch's groups with their losses and sizes. With
+      ``check_interval=1`` (the default) the check runs before the optimizer step, so it first
+      saves the final checkpoint: network, optimizer and group weights exactly as before the bad
+      iteration. With a larger interval there is no per-iteration synchronisation, but the network
+      may have stepped on non-finite gradients before the check, so nothing is saved and the error
+      says which checkpoints are still usable.
 
     Attach it after the loss handler and the checkpoint saver.
 
@@ -262,10 +265,11 @@ class RunGuard:
             ``exception_raised`` writes the final checkpoint before the error propagates.
         group_names: one name per group id, for the messages.
         signals: names of the signals that stop the run.
+        check_interval: iterations between two reads of the non-finite-loss record (>= 1).
         name: logger name.
 
     Raises:
-        ValueError: for an unknown signal name or a saver without ``save_final``.
+        ValueError: for an unknown signal name, a saver without ``save_final`` or a bad ``check_interval``.
     """
 
     def __init__(
@@ -273,8 +277,11 @@ class RunGuard:
         checkpoint_saver: CheckpointSaver,
         group_names: Sequence[str] = (),
         signals: Sequence[str] = ("SIGTERM", "SIGINT"),
+        check_interval: int = 1,
         name: str | None = None,
     ) -> None:
+        if isinstance(check_interval, bool) or not isinstance(check_interval, int) or check_interval < 1:
+            raise ValueError(f"RunGuard check_interval must be an int >= 1, got {check_interval!r}.")
         if getattr(checkpoint_saver, "_final_checkpoint", None) is None:
             raise ValueError("RunGuard needs a checkpoint_saver with save_final=True: it saves the run when it stops.")
         unknown = [s for s in signals if not isinstance(getattr(signal, str(s), None), signal.Signals)]
@@ -284,7 +291,9 @@ class RunGuard:
         self.group_names = [str(g) for g in group_names]
         self.signals = [getattr(signal, str(s)) for s in signals]
         self.logger = logging.getLogger(name or __name__)
+        self.check_interval = check_interval
         self.received: int | None = None
+        self._bad: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._previous: dict[int, Any] = {}
 
     def attach(self, engine: Engine) -> None:
@@ -301,6 +310,7 @@ class RunGuard:
     def started(self, engine: Engine) -> None:
         """Install the signal handlers (main thread only)."""
         self.received = None
+        self._bad = None
         if threading.current_thread() is not threading.main_thread():
             self.logger.warning("RunGuard: not in the main thread, SIGTERM/SIGINT will not save a checkpoint")
             return
@@ -325,32 +335,53 @@ class RunGuard:
         return self.group_names[index] if index < len(self.group_names) else str(index)
 
     def loss_completed(self, engine: Engine) -> None:
-        """Stop, after saving, when this iteration's loss is not finite."""
+        """Record (on the device) the first iteration with a non-finite loss; check it every ``check_interval``."""
         losses = getattr(engine.state, "group_losses", None)
         counts = getattr(engine.state, "group_counts", None)
-        if losses is not None and counts is not None:
-            present = torch.as_tensor(counts) > 0
-            if bool(torch.isfinite(torch.as_tensor(losses))[present].all()):
-                return
-            batch = ", ".join(
-                f"{self._group_name(g)} ({int(counts[g])} samples, mean loss {float(losses[g])})"
-                for g in range(len(counts))
-                if present[g]
+        if losses is None or counts is None:  # a loss without groups: the scalar, as one "group"
+            losses, counts = torch.as_tensor(engine.state.output[Keys.LOSS]).reshape(1), torch.ones(1)
+        losses, counts = torch.as_tensor(losses).detach(), torch.as_tensor(counts).detach()
+        bad = torch.isfinite(losses).logical_not().logical_and(counts > 0).any()
+        if self._bad is None or self._bad[1].shape != losses.shape:
+            self._bad = (torch.full((), -1, dtype=torch.int64, device=bad.device), losses.clone(), counts.clone())
+        iteration, bad_losses, bad_counts = self._bad
+        new = bad.logical_and(iteration < 0)
+        self._bad = (
+            torch.where(new, torch.full_like(iteration, int(engine.state.iteration)), iteration),
+            torch.where(new, losses, bad_losses),
+            torch.where(new, counts.to(bad_counts.dtype), bad_counts),
+        )
+        if engine.state.iteration % self.check_interval == 0:
+            self._check(engine)
+
+    def _check(self, engine: Engine) -> None:
+        iteration, losses, counts = self._bad
+        first = int(iteration)  # the one host read of the check
+        if first < 0:
+            return
+        batch = ", ".join(
+            f"{self._group_name(g)} ({int(n)} samples, mean loss {float(v)})"
+            for g, (v, n) in enumerate(zip(losses.tolist(), counts.tolist()))
+            if n > 0
+        )
+        where = f"the training loss is not finite at iteration {first} (epoch {engine.state.epoch}); groups in the batch: {batch}."
+        fix = "Lower learning_rate (or group_step_size), or check the images of these groups"
+        self._restore()
+        if self.check_interval == 1:
+            error = NonFiniteLossError(
+                f"{where} The network, optimizer and group weights from before this iteration are saved in "
+                f"{self._final_path()}. {fix}, then run again (it resumes from the checkpoint) or use a new output_dir."
             )
-        else:
-            loss = engine.state.output[Keys.LOSS]
-            if bool(torch.isfinite(torch.as_tensor(loss)).all()):
-                return
-            batch = f"groups unknown, loss {loss}"
+            self.logger.error(str(error))
+            self.checkpoint_saver.exception_raised(engine, error)  # saves, then raises the error
         error = NonFiniteLossError(
-            f"the training loss is not finite at iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
-            f"groups in the batch: {batch}. The network, optimizer and group weights from before this "
-            f"iteration are saved in {self._final_path()}. Lower learning_rate (or group_step_size), or check "
-            "the images of these groups, then run again (it resumes from the checkpoint) or use a new output_dir."
+            f"{where} Found at iteration {engine.state.iteration} (checked every {self.check_interval}): the group "
+            f"weights skipped the non-finite losses but the network took up to {engine.state.iteration - first + 1} "
+            f"steps on them, so nothing was saved; checkpoints written after iteration {first} are not usable. "
+            f"{fix}, then resume from an earlier checkpoint or use a new output_dir."
         )
         self.logger.error(str(error))
-        self._restore()
-        self.checkpoint_saver.exception_raised(engine, error)  # saves, then raises the error
+        raise error
 
     def iteration_completed(self, engine: Engine) -> None:
         """After a signal: save the final checkpoint and end the run with :class:`RunInterrupted`."""

@@ -349,7 +349,7 @@ class GroupWeights:
 
         Returns:
             The updated weights, shape (G,). When a present group's loss is NaN or infinite the
-            weights (and ``num_updates``) stay as they were: a non-finite loss never reaches them.
+            weights stay as they were: a non-finite loss never reaches them.
         """
         group_losses = _plain(group_losses).detach().reshape(-1)
         if group_losses.device != self.device:
@@ -368,7 +368,7 @@ class GroupWeights:
         step = torch.where(move, self.step_size * (group_losses + self.adjustments), torch.zeros_like(group_losses))
         log_weights = self.log_weights + step
         self.log_weights = log_weights - torch.logsumexp(log_weights, dim=0)
-        self.num_updates += finite.to(self.num_updates.dtype)
+        self.num_updates += 1  # steps taken (a skipped one included); counted on the host, no device read
         return self.weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:

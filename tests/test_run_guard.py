@@ -123,12 +123,41 @@ def test_nan_loss_stops_after_saving_and_never_reaches_the_weights(tmp_path):
     assert "checkpoint_final.pt" in str(info.value)
     _, last_net, last_weights = states[-1]
     assert torch.equal(weights.log_weights, last_weights)  # the NaN never reached the group weights
-    assert int(weights.num_updates) == len(states)
     assert all(torch.equal(net.state_dict()[k], last_net[k]) for k in last_net)  # nor the network
     saved = torch.load(tmp_path / "checkpoint_final.pt", weights_only=True)
     assert torch.equal(saved["group_weights"]["log_weights"], last_weights)
     assert all(torch.equal(saved["network"][k], last_net[k]) for k in last_net)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+
+
+def test_a_sparser_check_names_the_first_bad_iteration_and_saves_nothing(tmp_path):
+    data = _data(nan_at=7)
+    net = _net()
+    weights = GroupWeights(2, step_size=0.1)
+    handler = GroupWeightedLossHandler(GroupWeightedLoss(weights, robust=True), CrossEntropyLoss())
+    loader = DataLoader(data, batch_sampler=GroupBatchSampler([d["group"] for d in data], 4, seed=0))
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=loader, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=handler,
+                                train_handlers=[EpochSeeds(seed=0), handler], decollate=False)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net, "group_weights": weights}, save_final=True,
+                                  final_filename="checkpoint_final.pt")
+    RunGuard(saver, group_names=["A", "B"], check_interval=5).attach(trainer)
+    batches = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: batches.append(e.state.batch["group"].tolist()))
+    log_weights = [weights.log_weights.clone()]  # [i]: after iteration i
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: log_weights.append(weights.log_weights.clone()))
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.run()
+    message = str(info.value)
+    first = int(message.split("not finite at iteration ")[1].split(" ")[0])
+    assert len(batches) % 5 == 0 and len(batches) - 5 < first <= len(batches)  # found at the next check
+    assert batches[first - 1] == [1, 1, 1, 1]  # group B's batch holding sample 7
+    assert "groups in the batch: B (4 samples, mean loss nan)" in message
+    assert f"checked every 5" in message and "nothing was saved" in message
+    assert not (tmp_path / "checkpoint_final.pt").exists()
+    assert torch.isfinite(weights.log_weights).all()
+    after_bad = log_weights[first] if first < len(log_weights) else weights.log_weights
+    assert torch.equal(after_bad, log_weights[first - 1])  # the bad step did not move them
 
 
 def test_guard_arguments(tmp_path):
@@ -138,6 +167,8 @@ def test_guard_arguments(tmp_path):
     saver = CheckpointSaver(str(tmp_path), {"network": net}, save_final=True)
     with pytest.raises(ValueError, match="SIGTREM"):
         RunGuard(saver, signals=["SIGTREM"])
+    with pytest.raises(ValueError, match="check_interval"):
+        RunGuard(saver, check_interval=0)
 
 
 # ------------------------------------------------------------------------------- pre-emption
