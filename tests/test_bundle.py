@@ -32,7 +32,7 @@ from monai.utils.module import locate
 from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.errors import InputError
-from mnms_groupdistil.networks import CheckpointNotFoundError
+from mnms_groupdistil.network_checkpoints import CheckpointNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mnms_groupdistil"

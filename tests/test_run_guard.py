@@ -185,7 +185,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(bundle, cohort, tmp_path):
         "--batch_size", "4", "--image_size", "32", "--frames_per_patient", "2", "--num_workers", "0",
         "--device", "cpu",
     ]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
+    )
     deadline = time.time() + 180
     while not list(out.glob("checkpoint_checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
