@@ -7,13 +7,13 @@ a dataset in one round instead of one problem per run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from mnms_groupdistil.errors import InputError
 
 __all__ = ["DataError"]
 
 
-class DataError(ValueError):
-    """Problems found in a dataset, its metadata or a requested split.
+class DataError(InputError):
+    """Problems found in a dataset, its metadata or a requested split (an :class:`InputError`).
 
     Args:
         problems: One human-readable line per problem (or a single line).
@@ -23,11 +23,3 @@ class DataError(ValueError):
         problems: One human-readable line per problem; each names the subject or row (where there
             is one), the file and what is wrong.
     """
-
-    def __init__(self, problems: str | Sequence[str], header: str | None = None) -> None:
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems: list[str] = list(problems)
-        lines = [header] if header else []
-        lines += self.problems
-        super().__init__("\n".join(lines))

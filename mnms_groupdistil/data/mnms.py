@@ -713,16 +713,11 @@ def prepare_split(
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
     """
-    try:
-        csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
-        records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
-        logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
-        parts = select_split(records, split=split, seed=int(seed))
-        checked = check_subjects(parts["train"] + parts["test"])
-    except MnMsDataError as error:
-        # the bundle runner wraps this error in its own traceback: state the problems plainly first
-        logger.error("the M&Ms data in %s cannot be used:\n%s", dataset_dir, error)
-        raise
+    csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
+    records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
+    logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
+    parts = select_split(records, split=split, seed=int(seed))
+    checked = check_subjects(parts["train"] + parts["test"])
     n_train = len(parts["train"])
     result = {"train": checked[:n_train], "test": checked[n_train:]}
     for part in _PARTS:
