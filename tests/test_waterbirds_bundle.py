@@ -2,8 +2,7 @@
 
 Runs use MONAI's ``ConfigWorkflow`` on a generated tiny Waterbirds-layout dataset (32 px crops, one epoch),
 and the command line, as a new user would type it, on a Waterbirds-layout dataset written here with plain
-PIL and csv (given as the parent folder of ``waterbird_complete95_forest2water2``). Torch is limited to one
-thread: with a second busy process on a 2-core machine, two intra-op threads make each step much slower.
+PIL and csv (given as the parent folder of ``waterbird_complete95_forest2water2``).
 """
 
 from __future__ import annotations
@@ -11,18 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
+import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from conftest import BundleRunner
+from monai.bundle import ConfigParser
 from PIL import Image, ImageDraw
 from test_bundle import config_problems, exception_chain, merged_config, tensorboard_scalars
 
@@ -31,49 +28,29 @@ from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "waterbirds_groupdistil" / "configs"
-TRAIN, TEACHER, KD, GROUPDRO, ERM, EVALUATE, INFERENCE, MULTI_GPU = (
-    str(CONFIGS / f"{name}.json")
-    for name in (
-        "train",
-        "train_teacher",
-        "train_kd",
-        "train_groupdro",
-        "train_erm",
-        "evaluate",
-        "inference",
-        "multi_gpu_train",
-    )
+BUNDLE = BundleRunner(REPO / "bundles" / "waterbirds_groupdistil")
+CONFIGS = BUNDLE.configs
+TRAIN, TEACHER, KD, GROUPDRO, ERM, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_EVALUATE = BUNDLE.paths(
+    [
+        f"{name}.json"
+        for name in (
+            "train",
+            "train_teacher",
+            "train_kd",
+            "train_groupdro",
+            "train_erm",
+            "evaluate",
+            "inference",
+            "multi_gpu_train",
+            "multi_gpu_evaluate",
+        )
+    ]
 )
-METADATA = CONFIGS / "metadata.json"
+METADATA = BUNDLE.metadata
 GROUPS = ("landbird_land", "landbird_water", "waterbird_land", "waterbird_water")
 TINY: dict[str, Any] = {"max_epochs": 1, "batch_size": 4, "image_size": 32, "num_workers": 0, "device": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def make_workflow(files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
-    return ConfigWorkflow(
-        config_file=files,
-        meta_file=str(METADATA),
-        logging_file=False,
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **overrides,
-    )
-
-
-def run_workflow(files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
-    workflow = make_workflow(files, workflow_type=workflow_type, run_id=run_id, **overrides)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+make_workflow = BUNDLE.make
+run_workflow = BUNDLE.run
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +105,7 @@ COMBINATIONS = {
     "erm": [TRAIN, ERM],
     "evaluate": [TRAIN, EVALUATE],
     "multi_gpu": [TRAIN, MULTI_GPU],
+    "multi_gpu evaluate": [TRAIN, EVALUATE, MULTI_GPU_EVALUATE],
     "inference alone": [INFERENCE],
 }
 
@@ -298,9 +276,11 @@ def test_evaluate_reports_test_figures_of_a_checkpoint(dataset, runs):
     trained = json.loads((out / "metrics.json").read_text())["history"][-1]["metrics"]
     for name, value in evaluation["metrics"].items():
         assert name.startswith("test_") and value == pytest.approx(trained[name]), name
-    check_summaries_by_hand(evaluation["metrics"], train_counts_by_hand(dataset / "waterbird_complete95_forest2water2"), "test")
+    counts = train_counts_by_hand(dataset / "waterbird_complete95_forest2water2")
+    check_summaries_by_hand(evaluation["metrics"], counts, "test")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["erm", "kd", "groupdro"])
 def test_other_modes_train(dataset, runs, tmp_path, mode):
     files = {"erm": [TRAIN, ERM], "kd": [TRAIN, KD], "groupdro": [TRAIN, GROUPDRO]}[mode]
@@ -349,8 +329,6 @@ def test_inference_writes_one_prediction_per_image(dataset, runs, tmp_path):
 
 
 def test_missing_image_is_reported_through_the_bundle(dataset, tmp_path):
-    import shutil
-
     data = tmp_path / "waterbird_complete95_forest2water2"
     shutil.copytree(dataset / "waterbird_complete95_forest2water2", data)
     victim = sorted(data.glob("*/*.jpg"))[0]
@@ -394,32 +372,31 @@ def write_foreign_release(parent: Path) -> Path:
     return release
 
 
+@pytest.mark.slow
 def test_command_line_on_a_foreign_release(tmp_path):
     """What a new user types: teacher, then the GroupDistil student from its model_final.pt."""
     release = write_foreign_release(tmp_path / "data")
-    settings = ["--max_epochs", "1", "--batch_size", "16", "--image_size", "64", "--device", "cpu", "--num_workers", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-
-    def bundle(config_files: list[str], output: Path, *extra: str) -> None:
-        command = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", repr(config_files),
-            "--meta_file", str(METADATA),
-            "--logging_file", str(CONFIGS / "logging.conf"),
-            "--dataset_dir", str(tmp_path / "data"),
-            "--output_dir", str(output),
-            *settings, *extra,
-        ]  # fmt: skip
-        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    settings = {"max_epochs": 1, "batch_size": 16, "image_size": 64, "device": "cpu", "num_workers": 0}
+    for run, configs, extra in (
+        ("teacher", [TRAIN, TEACHER], {}),
+        ("student", [TRAIN], {"teacher_ckpt": tmp_path / "teacher" / "model_final.pt"}),
+    ):
+        proc = BUNDLE.cli(
+            "training",
+            configs,
+            timeout=600,
+            dataset_dir=tmp_path / "data",
+            output_dir=tmp_path / run,
+            **settings,
+            **extra,
+        )
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-
-    bundle([TRAIN, TEACHER], tmp_path / "teacher")
-    bundle([TRAIN], tmp_path / "student", "--teacher_ckpt", str(tmp_path / "teacher" / "model_final.pt"))
     counts = train_counts_by_hand(release)
     assert counts == {"landbird_land": 12, "landbird_water": 3, "waterbird_land": 3, "waterbird_water": 6}
     for run in ("teacher", "student"):
         metrics = json.loads((tmp_path / run / "metrics.json").read_text())
         assert metrics["train_group_counts"] == counts and metrics["test_images"] == metrics["val_images"] == 8
+        assert metrics["network"] == ("resnet50" if run == "teacher" else "resnet18")
         for prefix in ("val", "test"):
             check_summaries_by_hand(metrics["metrics"], counts, prefix)
             assert all(math.isfinite(metrics["metrics"][f"{prefix}_acc_{g}"]) for g in GROUPS)
