@@ -40,6 +40,6 @@ train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
 train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
 train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
 
-python -m mnms_groupdistil.waterbirds_report "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
+python -m mnms_groupdistil.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
 echo "These figures are one seed on a small generated dataset: they vary between machines and seeds."
 echo "TensorBoard: tensorboard --logdir $RUNS"

@@ -400,3 +400,23 @@ def test_command_line_on_a_foreign_release(tmp_path):
         for prefix in ("val", "test"):
             check_summaries_by_hand(metrics["metrics"], counts, prefix)
             assert all(math.isfinite(metrics["metrics"][f"{prefix}_acc_{g}"]) for g in GROUPS)
+
+
+def test_report_prints_the_per_group_table(runs, caplog):
+    import logging
+
+    from mnms_groupdistil.report import main
+
+    with caplog.at_level(logging.INFO, logger="mnms_groupdistil.report"):
+        assert main(["--dataset", "waterbirds", str(runs["teacher"]), str(runs["groupdistil"])]) == 0
+    metrics = json.loads((runs["groupdistil"] / "metrics.json").read_text())["metrics"]
+    test_table = caplog.text.split("Validation accuracy")[0]
+    rows = {}
+    for line in test_table.splitlines():
+        if "|" in line:
+            cells = [c.strip() for c in line.split("|")]
+            rows[cells[0]] = cells[1:]
+    for group in GROUPS:
+        assert f"{100 * metrics[f'test_acc_{group}']:.1f}" == rows[group][1]
+    assert rows["adjusted-average"][1] == f"{100 * metrics['test_adjusted_average_acc']:.1f}"
+    assert "Test accuracy (%) per group" in caplog.text and "Validation accuracy (%) per group" in caplog.text
