@@ -17,7 +17,7 @@ import torch
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
-from mnms_groupdistil.data.mnms import cine_volume_problems
+from mnms_groupdistil.data.nifti import cine_volume_problems
 from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.metrics import majority_vote
 
@@ -29,7 +29,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
 
     The subject is the file name up to ``_sa`` (``A0S9V9_sa.nii.gz`` -> ``A0S9V9``); the slice and
     frame counts come from the header. Each file gets the checks of the training data
-    (:func:`mnms_groupdistil.data.mnms.cine_volume_problems`).
+    (:func:`mnms_groupdistil.data.nifti.cine_volume_problems`).
 
     Returns:
         ``[{"subject", "image", "num_slices", "num_frames"}, ...]`` sorted by path.

@@ -27,6 +27,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
+from mnms_groupdistil.data.nifti import nifti_data_problem
+
 __all__ = [
     "BACKENDS",
     "LoadCineVolume",
@@ -46,55 +48,6 @@ CINE_FRAME_MODES = ("random", "ed_es")
 def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along the three voxel axes: the column norms of the affine's 3x3 block."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
-
-
-def _check_nifti_size(path: str) -> None:
-    """Raise ValueError when a NIfTI file holds fewer data bytes than its header announces.
-
-    SimpleITK/ITK silently zero-fills the missing voxels of a truncated NIfTI file, so the SimpleITK backend checks
-    the size itself: the file size for ``.nii``, the gzip trailer (then, if that disagrees, a streamed count of the
-    decompressed bytes) for ``.nii.gz``. Files that nibabel does not recognise as NIfTI are not checked.
-    """
-    import gzip
-    import zlib
-
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            return
-        hdr = img.header
-        # the in-memory header's vox_offset is reset by nibabel; the array proxy keeps the file's data offset
-        expected = int(img.dataobj.offset) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * int(
-            hdr.get_data_dtype().itemsize
-        )
-    except Exception:  # not something nibabel understands: leave the checks to ITK
-        return
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic != b"\x1f\x8b":
-        actual = os.path.getsize(path)
-    else:
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-        if isize == expected % (1 << 32):
-            return
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as g:
-                while chunk := g.read(1 << 22):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(
-                f"cannot load cine volume {path!r}: damaged gzip stream ({type(e).__name__}: {e})."
-            ) from None
-    if actual < expected:
-        raise ValueError(
-            f"cannot load cine volume {path!r}: the file is truncated ({actual} bytes of header + data, "
-            f"the header announces {expected})."
-        )
 
 
 class LoadCineVolume(Transform):
@@ -219,7 +172,9 @@ class LoadCineVolume(Transform):
             last = [line.strip() for line in msg.strip().splitlines() if line.strip()]
             reason = last[-1] if last else "unknown error"
             raise ValueError(f"cannot load cine volume {path!r} with SimpleITK: {reason}") from None
-        _check_nifti_size(path)  # ITK zero-fills truncated NIfTI data silently
+        problem = nifti_data_problem(path)  # ITK zero-fills the missing voxels of a truncated file
+        if problem is not None:
+            raise ValueError(f"cannot load cine volume {path!r}: {problem}.")
         dim = img.GetDimension()
         if dim != 4 or img.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(
