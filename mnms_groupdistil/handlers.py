@@ -194,7 +194,9 @@ class GroupWeightedLossHandler:
     on the same inputs (eval mode, no gradient); the loss function then computes the per-sample
     loss (``sample_loss(student_logits, label, teacher_logits)``) and the group-weighted scalar
     (``loss``), and after it (``IterationEvents.LOSS_COMPLETED``) the handler publishes
-    ``engine.state.group_weights``, ``group_losses`` and ``group_counts`` (CPU tensors, shape (G,)).
+    ``engine.state.group_weights``, ``group_losses`` and ``group_counts`` (tensors of shape (G,) on
+    the training device: nothing in a step waits for the device; readers such as
+    :class:`GroupScalarWriter` copy them when they log).
 
     The four training modes:
 
@@ -216,6 +218,9 @@ class GroupWeightedLossHandler:
             ``needs_teacher`` attribute.
         teacher: frozen teacher network (on the trainer's device), or None.
         group_transform: ``engine.state.batch`` -> group ids of shape (B,).
+        inferer: how the teacher is called, ``inferer(inputs, teacher)`` (e.g. the trainer's
+            :class:`~mnms_groupdistil.acceleration.AutocastInferer`, so both networks run in the same
+            precision and memory format); None calls ``teacher(inputs)``.
         name: logger name; default ``mnms_groupdistil.handlers``.
 
     Example (bundle config)::
@@ -232,6 +237,7 @@ class GroupWeightedLossHandler:
         sample_loss: Callable[..., torch.Tensor],
         teacher: torch.nn.Module | None = None,
         group_transform: Callable[[Any], torch.Tensor] = group_from_batch,
+        inferer: Callable[..., torch.Tensor] | None = None,
         name: str | None = None,
     ) -> None:
         if not isinstance(loss, GroupWeightedLoss):
@@ -248,6 +254,7 @@ class GroupWeightedLossHandler:
         self.sample_loss = sample_loss
         self.teacher = teacher
         self.group_transform = group_transform
+        self.inferer = inferer
         self.logger = logging.getLogger(name or __name__)
         self._teacher_logits: torch.Tensor | None = None
         self._groups: torch.Tensor | None = None
@@ -278,7 +285,10 @@ class GroupWeightedLossHandler:
         inputs = engine.state.output[Keys.IMAGE]
         self.teacher.eval()
         with torch.no_grad():
-            self._teacher_logits = self.teacher(inputs)
+            if self.inferer is None:
+                self._teacher_logits = self.teacher(inputs)
+            else:
+                self._teacher_logits = self.inferer(inputs, self.teacher)
 
     def __call__(self, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The trainer's loss function: the group-weighted scalar for this batch."""
@@ -289,8 +299,8 @@ class GroupWeightedLossHandler:
                 "the teacher did not run for this batch: IterationEvents.FORWARD_COMPLETED was not fired."
             )
         losses = self.sample_loss(student_logits, target, self._teacher_logits)
-        result = self.loss.evaluate(losses, self._groups.to(losses.device))
-        self._last = (result.group_losses.detach().cpu(), result.group_counts.detach().cpu())
+        result = self.loss.evaluate(losses, self._groups.to(losses.device, non_blocking=True))
+        self._last = (result.group_losses.detach(), result.group_counts.detach())
         return result.loss
 
     def loss_completed(self, engine: Engine) -> None:
@@ -306,9 +316,10 @@ class GroupWeightedLossHandler:
 
 
 class GroupScalarWriter:
-    """TensorBoard writer for the trainer: loss, group weights and per-group losses every iteration.
+    """TensorBoard writer for the trainer: loss, group weights and per-group losses.
 
-    Use as ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``; writes
+    Use as ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler`` (whose
+    ``iteration_log`` sets how often: each write reads the values back from the device); writes
     ``<loss_tag>``, ``group_weight/<group>``, ``group_loss/<group>`` (groups absent from the batch
     are skipped) at ``engine.state.iteration``.
 
@@ -335,11 +346,13 @@ class GroupScalarWriter:
         )
         weights = getattr(engine.state, "group_weights", None)
         losses = getattr(engine.state, "group_losses", None)
+        weights = None if weights is None else torch.as_tensor(weights).tolist()  # one copy from the device
+        losses = None if losses is None else torch.as_tensor(losses).tolist()
         for index, group in enumerate(self.group_names):
             if weights is not None:
-                writer.add_scalar(f"group_weight/{group}", float(weights[index]), step)
-            if losses is not None and not math.isnan(float(losses[index])):
-                writer.add_scalar(f"group_loss/{group}", float(losses[index]), step)
+                writer.add_scalar(f"group_weight/{group}", weights[index], step)
+            if losses is not None and not math.isnan(losses[index]):
+                writer.add_scalar(f"group_loss/{group}", losses[index], step)
         writer.flush()
 
 

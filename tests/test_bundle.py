@@ -64,6 +64,7 @@ TINY: dict[str, Any] = {
     "frames_per_patient": 2,
     "num_workers": 0,
     "device": "cpu",
+    "log_interval": 1,  # every iteration in TensorBoard, so that the tests can count them
 }
 GROUPS = ("A", "C", "D")
 
@@ -317,7 +318,7 @@ def test_reference_check_catches_typos():
     config["network"] = "$@network_deff.to(@device)"
     config["validate"]["volumes"]["transform"] = "%train#volumes#transfrom"
     config["loss"]["_target_"] = "mnms_groupdistil.losses.GroupWeightedLos"
-    config["validate"]["inferer"]["_target_"] = "SimpleInfererr"
+    config["train"]["inferer"]["_target_"] = "SimpleInfererr"
     config["split_data"] = "$mnms_groupdistil.data.mnms.prepare_splits(@dataset_dir, @split, @seed, @output_dir)"
     problems = "\n".join(config_problems(config))
     for typo in ("network_deff", "transfrom", "GroupWeightedLos", "SimpleInfererr", "prepare_splits"):
