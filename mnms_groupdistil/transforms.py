@@ -27,7 +27,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
-from mnms_groupdistil.data.nifti import nifti_data_problem
+from .data.nifti import nifti_data_problem
 
 __all__ = [
     "BACKENDS",

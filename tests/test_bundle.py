@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib
 import json
+import math
 import re
 import shutil
 from collections import Counter
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -52,7 +54,7 @@ CONFIG_COMBINATIONS = {
     "train+erm": [TRAIN, ERM],
     "train+multi_gpu": [TRAIN, str(CONFIGS / "multi_gpu_train.json")],
     "train+evaluate+multi_gpu": [TRAIN, EVALUATE, str(CONFIGS / "multi_gpu_evaluate.json")],
-    "train+inference": [TRAIN, str(CONFIGS / "inference.json")],
+    "inference": [str(CONFIGS / "inference.json")],
 }
 
 # tiny settings: one epoch, 32 px frames, 2 frames per patient, everything in this process on the CPU
@@ -641,27 +643,87 @@ def test_generalization_adjustment_uses_training_frame_counts(bundle, cohort, tm
 INFERENCE = str(CONFIGS / "inference.json")
 
 
-def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs, tmp_path):
-    """inference.json on a folder of raw volumes (no CSV, no labels), with the GroupDistil student."""
+def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs, tmp_path, caplog):
+    """inference.json alone on a folder of raw volumes (no CSV, no labels), with the GroupDistil student.
+
+    The frame size (32) is not given: it comes from the run's run_config.json.
+    """
     folder = cohort / "Testing"
     volumes = sorted(folder.rglob("*_sa.nii.gz"))
-    bundle.run(
-        [TRAIN, INFERENCE],
-        workflow_type=None,
-        run_id="inference",
-        dataset_dir=str(folder),
-        output_dir=str(tmp_path),
-        ckpt_path=str(student_dirs["groupdistil"] / "model_final.pt"),
-        frame_stride=2,
-        **{k: v for k, v in TINY.items() if k != "split"},
-    )
+    with caplog.at_level("INFO", logger="mnms_groupdistil.inference"):
+        workflow = bundle.run(
+            [INFERENCE],
+            workflow_type=None,
+            run_id="inference",
+            dataset_dir=str(folder),
+            output_dir=str(tmp_path),
+            run_dir=str(student_dirs["groupdistil"]),
+            frame_stride=2,
+            num_workers=0,
+            device="cpu",
+        )
+    assert workflow.parser.get_parsed_content("image_size") == TINY["image_size"]
+    assert workflow.parser.get_parsed_content("ckpt_path").endswith("model_final.pt")
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["subject"] for r in rows) == sorted(v.name.replace("_sa.nii.gz", "") for v in volumes)
-    for row in rows:
+    frames = 0
+    for row, volume in zip(sorted(rows, key=lambda r: r["subject"]), sorted(volumes, key=lambda v: v.name)):
+        _, _, num_slices, num_frames = nib.load(str(volume)).shape
+        assert int(row["frames"]) == num_slices * math.ceil(num_frames / 2)  # every slice, every 2nd phase
+        frames += int(row["frames"])
         assert row["prediction"] in ("NOR", "HCM")
-        assert int(row["votes_NOR"]) + int(row["votes_HCM"]) == int(row["frames"]) > 0
+        assert int(row["votes_NOR"]) + int(row["votes_HCM"]) == int(row["frames"])
         assert float(row["mean_probability_NOR"]) + float(row["mean_probability_HCM"]) == pytest.approx(1, abs=2e-4)
+    assert f"classified {len(volumes)} volumes ({frames} frames) in" in caplog.text and "volumes/s" in caplog.text
+
+
+def test_inference_refuses_settings_other_than_the_run_s(bundle, cohort, student_dirs, tmp_path):
+    err = _initialize_error(
+        bundle,
+        [INFERENCE],
+        dataset_dir=str(cohort / "Testing"),
+        output_dir=str(tmp_path),
+        run_dir=str(student_dirs["groupdistil"]),
+        image_size=224,
+        workflow_type="infer",
+    )
+    messages = [str(e) for e in exception_chain(err) if isinstance(e, ValueError)]
+    assert any("image_size: the run trained with 32, now 224" in m for m in messages), messages
+
+
+def test_inference_preprocessing_equals_the_evaluation_s(cohort):
+    """The standalone inference.json prepares a frame exactly as train.json's evaluation does."""
+    train = ConfigParser()
+    train.read_config(TRAIN)
+    train.update({"image_size": 40, "intensity_percentiles": [2, 97], "in_channels": 3})
+    inference = ConfigParser()
+    inference.read_config(INFERENCE)
+    inference.update({"run_dir": "", "image_size": 40, "intensity_percentiles": [2, 97], "in_channels": 3})
+    volume = next(cohort.rglob("*_sa.nii.gz"))
+    item = {"image": str(volume), "subject": "x", "slice": 1, "frame": 2}
+    loaded = train.get_parsed_content("train#volumes#transform")(item)
+    expected = train.get_parsed_content("validate#preprocessing")(loaded)["image"]
+    actual = inference.get_parsed_content("preprocessing")(inference.get_parsed_content("volumes#transform")(item))
+    assert actual["image"].shape == (3, 40, 40)
+    torch.testing.assert_close(actual["image"], expected, rtol=0, atol=0)
+
+
+def test_monai_tools_work_on_inference_json_alone(student_dirs, tmp_path):
+    """verify_net_in_out and ckpt_export need only inference.json and metadata.json, as in the model zoo."""
+    from monai.bundle import ckpt_export, verify_net_in_out
+
+    verify_net_in_out(net_id="network_def", meta_file=str(METADATA), config_file=INFERENCE, device="cpu")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "student.ts"),
+        ckpt_file=str(student_dirs["groupdistil"] / "model_final.pt"),
+        key_in_ckpt="",
+        meta_file=str(METADATA),
+        config_file=INFERENCE,
+        image_size=TINY["image_size"],
+    )
+    assert torch.jit.load(str(tmp_path / "student.ts"))(torch.rand(2, 1, 32, 32)).shape == (2, 2)
 
 
 def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
@@ -703,11 +765,12 @@ def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
 
 def test_inference_config_has_the_properties_monai_tools_look_for(bundle, cohort, student_dirs, tmp_path):
     workflow = bundle.make(
-        [TRAIN, INFERENCE],
+        [INFERENCE],
         workflow_type="infer",
         dataset_dir=str(cohort / "Testing"),
         output_dir=str(tmp_path),
-        ckpt_path=str(student_dirs["groupdistil"] / "model_final.pt"),
+        run_dir=str(student_dirs["groupdistil"]),
+        num_workers=0,
     )
     workflow.initialize()
     assert workflow.check_properties() == []

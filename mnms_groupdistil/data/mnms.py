@@ -33,9 +33,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from mnms_groupdistil.data.errors import DataError
-from mnms_groupdistil.data.nifti import cine_volume_problems
-from mnms_groupdistil.errors import InputError
+from ..errors import InputError
+from .errors import DataError
+from .nifti import cine_volume_problems
 
 __all__ = [
     "VENDORS",
