@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from monai.transforms import apply_transform
 
-from mnms_groupdistil.errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "EVALUATION_FRAMES",
