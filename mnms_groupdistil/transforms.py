@@ -11,8 +11,13 @@ channel-first float32 tensor ``(1, X, Y)`` that never shares memory with the cac
 * :class:`RandCineFramed`: draw ``z`` and ``t`` (uniformly, or ``t`` from {ED, ES}), record them in the
   dictionary and select the frame with :class:`SelectCineFramed`.
 
-Intensity scaling, rotation, flipping and padding/cropping are left to MONAI's own dictionary transforms
-(``ScaleIntensityRangePercentilesd``, ``RandRotated``, ``RandFlipd``, ``ResizeWithPadOrCropd``, ...).
+* :class:`VolumePercentiles` / :class:`VolumePercentilesd`: the intensity percentiles of a whole 4D volume,
+  computed once when the volume is loaded (and cached with it).
+* :class:`RescaleIntensity` / :class:`RescaleIntensityd`: clip a frame to those percentiles and rescale it
+  (the per-frame cost is one clip and one multiply-add; no percentile is computed per frame).
+
+Rotation, flipping and padding/cropping are left to MONAI's own dictionary transforms
+(``RandRotated``, ``RandFlipd``, ``ResizeWithPadOrCropd``, ...).
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ __all__ = [
     "SelectCineFramed",
     "RandCineFramed",
     "CINE_FRAME_MODES",
+    "VolumePercentiles",
+    "VolumePercentilesd",
+    "RescaleIntensity",
+    "RescaleIntensityd",
 ]
 
 #: Backends accepted by :class:`LoadCineVolume`.
@@ -455,3 +464,130 @@ class RandCineFramed(RandomizableTransform, MapTransform):
         d[self.slice_key] = self._slice
         d[self.frame_key] = self._frame
         return self.select(d)
+
+
+def _check_percentiles(lower: float, upper: float) -> tuple[float, float]:
+    if not 0.0 <= float(lower) < float(upper) <= 100.0:
+        raise ValueError(f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got {lower!r}, {upper!r}.")
+    return float(lower), float(upper)
+
+
+class VolumePercentiles(Transform):
+    """The ``lower`` and ``upper`` intensity percentiles of a whole volume (every slice and frame).
+
+    Percentiles as ``numpy.percentile`` (linear interpolation), the definition MONAI's
+    ``ScaleIntensityRangePercentiles`` uses for one image.
+
+    Args:
+        lower: lower percentile in [0, 100).
+        upper: upper percentile in (lower, 100].
+
+    Raises:
+        ValueError: percentiles out of order or out of [0, 100].
+    """
+
+    def __init__(self, lower: float = 1.0, upper: float = 99.0) -> None:
+        self.lower, self.upper = _check_percentiles(lower, upper)
+
+    def __call__(self, volume: np.ndarray | torch.Tensor) -> tuple[float, float]:
+        """Return ``(low, high)`` as Python floats."""
+        values = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        if values.size == 0:
+            raise ValueError("VolumePercentiles got an empty volume.")
+        low, high = np.percentile(values, [self.lower, self.upper])
+        return float(low), float(high)
+
+
+class VolumePercentilesd(MapTransform):
+    """Dictionary wrapper of :class:`VolumePercentiles`: writes ``(low, high)`` under ``range_key``.
+
+    Put it after :class:`LoadCineVolumed` in the cached volume transform, so the percentiles of each
+    patient's 4D volume are computed once, and scale the frames with :class:`RescaleIntensityd`.
+
+    Args:
+        keys: the volume key (the first key present is used).
+        lower, upper: percentiles, see :class:`VolumePercentiles`.
+        range_key: where to write ``(low, high)``.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        lower: float = 1.0,
+        upper: float = 99.0,
+        range_key: Hashable = "intensity_range",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.percentiles = VolumePercentiles(lower, upper)
+        self.range_key = range_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.range_key] = self.percentiles(d[key])
+            break
+        return d
+
+
+class RescaleIntensity(Transform):
+    """Clip an image to ``[low, high]`` and map it linearly to ``[b_min, b_max]``.
+
+    ``b_min + (clip(x, low, high) - low) / (high - low) * (b_max - b_min)``; a constant volume
+    (``high == low``) maps to ``b_min``. Returns float32.
+
+    Args:
+        b_min, b_max: output range.
+    """
+
+    def __init__(self, b_min: float = 0.0, b_max: float = 1.0) -> None:
+        self.b_min, self.b_max = float(b_min), float(b_max)
+
+    def __call__(self, image: torch.Tensor | np.ndarray, low: float, high: float) -> torch.Tensor:
+        image = torch.as_tensor(image, dtype=torch.float32)
+        low, high = float(low), float(high)
+        if not high >= low:
+            raise ValueError(f"RescaleIntensity needs high >= low, got low={low}, high={high}.")
+        if high == low:
+            return torch.full_like(image, self.b_min)
+        scale = (self.b_max - self.b_min) / (high - low)
+        return (image.clamp(low, high) - low) * scale + self.b_min
+
+
+class RescaleIntensityd(MapTransform):
+    """Dictionary wrapper of :class:`RescaleIntensity` using the range stored under ``range_key``.
+
+    Args:
+        keys: keys of the images to rescale.
+        range_key: key of ``(low, high)``, e.g. written by :class:`VolumePercentilesd`.
+        b_min, b_max: output range.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: ``range_key`` is not in the data.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        range_key: Hashable = "intensity_range",
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.range_key = range_key
+        self.rescale = RescaleIntensity(b_min, b_max)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.range_key not in d:
+            raise ValueError(
+                f"RescaleIntensityd range_key={self.range_key!r} is not in the data (keys: {sorted(map(str, d))}); "
+                "add VolumePercentilesd to the volume transform."
+            )
+        low, high = d[self.range_key]
+        for key in self.key_iterator(d):
+            d[key] = self.rescale(d[key], low, high)
+        return d

@@ -244,7 +244,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
         volumes: patient-level volume dictionaries, e.g. a ``monai.data.CacheDataset`` of
             :class:`~mnms_groupdistil.transforms.LoadCineVolumed` (use ``copy_cache=False``), or a list of dicts.
         frames: frame entries with at least ``"volume"`` (see :func:`random_frames`, :func:`ed_es_frames`).
-        transform: frame transform (e.g. ``Compose([RandCineFramed(...), ScaleIntensityRangePercentilesd(...),
+        transform: frame transform (e.g. ``Compose([RandCineFramed(...), RescaleIntensityd(...),
             ...])``), or None to return the merged dictionary.
 
     Raises:
