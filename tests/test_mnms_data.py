@@ -25,6 +25,7 @@ from mnms_groupdistil.data.mnms import (
     validation_count,
 )
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.errors import InputError
 
 REAL_HEADER = ",External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight"
 
@@ -366,13 +367,11 @@ def test_validation_comes_out_of_the_training_patients(paper_records):
 
 
 def test_bad_split_seed_or_val_fraction_is_refused(paper_records):
-    for bad in (1.0, -0.1, 2):
-        with pytest.raises(ValueError, match=f"val_fraction={bad!r} must lie in \\[0, 1\\)"):
+    for bad in (1.0, -0.1, 2, "0.2", None):
+        with pytest.raises(InputError, match=f"val_fraction={bad!r} must be a number in \\[0, 1\\)"):
             select_split(paper_records, split="split1", val_fraction=bad)
-    with pytest.raises(TypeError, match="val_fraction='0.2'"):
-        select_split(paper_records, split="split1", val_fraction="0.2")
     for bad in (-1, 1.5, True):
-        with pytest.raises(ValueError, match="split_seed=.* must be a non-negative integer"):
+        with pytest.raises(InputError, match="split_seed=.* must be a non-negative integer"):
             select_split(paper_records, split="split1", split_seed=bad)
 
 
@@ -463,3 +462,33 @@ def test_prepare_split_reports_broken_selected_image(tmp_path):
     assert victim["subject"] in info.value.problems[0] and path.name in info.value.problems[0]
     with gzip.open(path) as handle, pytest.raises(EOFError):
         handle.read()
+
+
+def test_dataset_dir_may_be_open_dataset_or_its_parent(tmp_path):
+    root = Path(write_mnms_cohort(tmp_path / "MnM" / "OpenDataset", preset="tiny", seed=0))
+    assert root == tmp_path / "MnM" / "OpenDataset" and (root / "Training").is_dir()
+    assert mnms.resolve_dataset_dir(tmp_path / "MnM") == root
+    assert mnms.resolve_dataset_dir(root) == root
+    direct = prepare_split(root, "demo", output_dir=tmp_path / "a")
+    parent = prepare_split(tmp_path / "MnM", "demo", output_dir=tmp_path / "b")
+    assert parent == direct
+    assert json.loads((tmp_path / "b" / "split.json").read_text())["dataset_dir"] == str(root.resolve())
+
+
+def test_images_not_found_say_where_they_were_looked_for(tmp_path):
+    root = Path(write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0))
+    elsewhere = tmp_path / "only_csv"
+    elsewhere.mkdir()
+    (elsewhere / mnms.INFO_CSV_NAME).write_bytes((root / mnms.INFO_CSV_NAME).read_bytes())
+    with pytest.raises(MnMsDataError) as info:
+        prepare_split(elsewhere, "demo")
+    problems = info.value.problems
+    code = problems[0].split(":")[0].split()[1]
+    assert problems[0] == (
+        f"subject {code}: image {code}_sa.nii.gz not found (looked in "
+        f"{elsewhere}/{{Training/Labeled,Training/Unlabeled,Validation,Testing}}/{code}/)"
+    )
+    assert problems[-1].startswith(f"no image of any of these subjects is below {elsewhere}: dataset_dir must be")
+    assert info.value.header.endswith(f"the images of {len(problems) - 1} M&Ms subject(s):")
+    with pytest.raises(MnMsDataError, match="does not exist: point it at the M&Ms OpenDataset folder"):
+        prepare_split(tmp_path / "nowhere", "demo")

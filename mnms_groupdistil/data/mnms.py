@@ -33,6 +33,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import InputError
 from .errors import DataError
 from .nifti import cine_volume_problems
 
@@ -47,6 +48,7 @@ __all__ = [
     "INFO_CSV_NAME",
     "MnMsDataError",
     "find_info_csv",
+    "resolve_dataset_dir",
     "read_info_csv",
     "find_subject_image",
     "load_mnms_cohort",
@@ -178,10 +180,32 @@ def _csv_date(path: Path) -> int:
     return int(digits[:8])
 
 
+def resolve_dataset_dir(dataset_dir: PathLike) -> Path:
+    """The folder of the release that holds ``Training``/``Validation``/``Testing``.
+
+    Accepts the ``OpenDataset`` folder itself or the folder it was unpacked into: when
+    ``dataset_dir`` has none of those subfolders but ``dataset_dir/OpenDataset`` is a folder, that
+    one is used.
+
+    Raises:
+        MnMsDataError: when ``dataset_dir`` does not exist.
+    """
+    root = Path(dataset_dir).expanduser()
+    if not root.exists():
+        raise MnMsDataError(
+            f"dataset_dir {root} does not exist: point it at the M&Ms OpenDataset folder (holding Training/, "
+            "Validation/, Testing/) or the folder that contains it"
+        )
+    tops = {sub.split("/")[0] for sub in SUBFOLDERS}
+    if root.is_dir() and not any((root / top).is_dir() for top in tops) and (root / "OpenDataset").is_dir():
+        return root / "OpenDataset"
+    return root
+
+
 def find_info_csv(dataset_dir: PathLike) -> Path:
     """Find the M&Ms information CSV for a dataset directory.
 
-    Looks in ``dataset_dir`` and then its parent for
+    Looks in ``dataset_dir`` (after :func:`resolve_dataset_dir`) and then its parent for
     :data:`INFO_CSV_NAME`; when it is absent, any ``*M&Ms_Dataset_information*.csv``
     (case-insensitive) is accepted, the newest by its leading date first (a name mentioning
     "diagnosis" wins a tie). ``dataset_dir`` may also be the CSV file itself.
@@ -198,6 +222,7 @@ def find_info_csv(dataset_dir: PathLike) -> Path:
     root = Path(dataset_dir).expanduser()
     if root.is_file() and root.suffix.lower() == ".csv":
         return root.resolve()
+    root = resolve_dataset_dir(root)
     folders = [root]
     if root.resolve().parent != root.resolve():
         folders.append(root.resolve().parent)
@@ -383,14 +408,14 @@ def find_subject_image(dataset_dir: PathLike, code: str) -> Path | None:
     """Find the short-axis cine image of a subject.
 
     Args:
-        dataset_dir: Root of the M&Ms release.
+        dataset_dir: Root of the M&Ms release (or its parent, see :func:`resolve_dataset_dir`).
         code: Subject code (``External code``).
 
     Returns:
         Absolute path of ``<subfolder>/<code>/<code>_sa.nii.gz`` (or ``.nii``) in the first of
         :data:`SUBFOLDERS` that has it, or None if none has.
     """
-    root = Path(dataset_dir).expanduser()
+    root = resolve_dataset_dir(dataset_dir)
     for sub in SUBFOLDERS:
         for suffix in ("_sa.nii.gz", "_sa.nii"):
             candidate = root / sub / code / f"{code}{suffix}"
@@ -458,18 +483,12 @@ def load_mnms_cohort(
     return records
 
 
-def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
+def _check_one(record: Mapping[str, Any], root: Path | None) -> tuple[list[str], int | None, int | None]:
     code = record.get("subject", "?")
     image = record.get("image")
     if not image:
-        return (
-            [
-                f"subject {code}: image {code}_sa.nii.gz not found in any of "
-                f"{', '.join(SUBFOLDERS)} of the dataset directory"
-            ],
-            None,
-            None,
-        )
+        where = f"{root}/{{{','.join(SUBFOLDERS)}}}/{code}/" if root else f"any of {', '.join(SUBFOLDERS)}"
+        return [f"subject {code}: image {code}_sa.nii.gz not found (looked in {where})"], None, None
     path = Path(image)
     prefix = f"subject {code}: {path}"
     shape, file_problems = cine_volume_problems(path)
@@ -487,7 +506,9 @@ def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | 
     return problems, num_slices, num_frames
 
 
-def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def check_subjects(
+    records: Sequence[Mapping[str, Any]], dataset_dir: PathLike | None = None
+) -> list[dict[str, Any]]:
     """Check the image of every record and add its slice and frame counts.
 
     Only the NIfTI header is parsed with nibabel; the voxel data are streamed once (not kept)
@@ -497,6 +518,7 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     Args:
         records: Records as returned by :func:`load_mnms_cohort` (``subject``, ``image``,
             ``ed``, ``es`` are used).
+        dataset_dir: Where the images were looked for, named in the message of a missing one.
 
     Returns:
         New dicts, the records plus ``"num_slices"`` and ``"num_frames"``, in the same order.
@@ -506,14 +528,20 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             unreadable header, not 4D, no slice/frame, ED/ES outside [0, num_frames), truncated
             or corrupt data).
     """
+    root = resolve_dataset_dir(dataset_dir) if dataset_dir is not None else None
     problems: list[str] = []
     checked: list[dict[str, Any]] = []
     for record in records:
-        record_problems, num_slices, num_frames = _check_one(record)
+        record_problems, num_slices, num_frames = _check_one(record, root)
         problems.extend(record_problems)
         checked.append({**record, "num_slices": num_slices, "num_frames": num_frames})
+    if records and root is not None and not any(r.get("image") for r in records):
+        problems.append(
+            f"no image of any of these subjects is below {root}: dataset_dir must be the M&Ms OpenDataset folder "
+            "(holding Training/, Validation/, Testing/) or the folder that contains it"
+        )
     if problems:
-        subjects = {p.split(":", 1)[0] for p in problems}
+        subjects = {p.split(":", 1)[0] for p in problems if p.startswith("subject ")}
         raise MnMsDataError(
             problems, header=f"{len(problems)} problem(s) with the images of {len(subjects)} M&Ms subject(s):"
         )
@@ -531,16 +559,16 @@ def _cell_order(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 
 def _check_split_seed(split_seed: Any) -> int:
     if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
-        raise ValueError(f"split_seed={split_seed!r} must be a non-negative integer.")
+        raise InputError(f"split_seed={split_seed!r} must be a non-negative integer (the seed of the split).")
     return int(split_seed)
 
 
 def _check_val_fraction(val_fraction: Any) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating, np.integer)):
-        raise TypeError(f"val_fraction={val_fraction!r} must be a number in [0, 1).")
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(
-            f"val_fraction={val_fraction!r} must lie in [0, 1): the share of training patients kept for validation."
+    number = not isinstance(val_fraction, bool) and isinstance(val_fraction, (int, float, np.floating, np.integer))
+    if not number or not 0.0 <= float(val_fraction) < 1.0:
+        raise InputError(
+            f"val_fraction={val_fraction!r} must be a number in [0, 1): the share of training patients kept "
+            "for validation (0: no validation set)."
         )
     return float(val_fraction)
 
@@ -585,8 +613,8 @@ def select_split(
     Raises:
         MnMsDataError: For an unknown split, or, listing every cell at once, when the cohort
             has too few subjects to fill the split.
-        ValueError: ``split_seed`` is not a non-negative integer, or ``val_fraction`` is outside [0, 1).
-        TypeError: ``val_fraction`` is not a number.
+        InputError: ``split_seed`` is not a non-negative integer, or ``val_fraction`` is not a
+            number in [0, 1) (an ``InputError`` is a ``ValueError``).
     """
     split_seed = _check_split_seed(split_seed)
     val_fraction = _check_val_fraction(val_fraction)
@@ -702,13 +730,13 @@ def prepare_split(
     Raises:
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
-        ValueError, TypeError: A bad ``split_seed`` or ``val_fraction``.
+        InputError: A bad ``split_seed`` or ``val_fraction``.
     """
     csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
     records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
     logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
     parts = select_split(records, split=split, split_seed=split_seed, val_fraction=val_fraction)
-    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]]))
+    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]], dataset_dir))
     result = {part: [next(checked) for _ in parts[part]] for part in _PARTS}
     for part in _PARTS:
         logger.info(
@@ -727,7 +755,7 @@ def prepare_split(
             "split_seed": int(split_seed),
             **dict(record or {}),
             "val_fraction": float(val_fraction),
-            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+            "dataset_dir": str(resolve_dataset_dir(dataset_dir).resolve()),
             "csv_path": str(csv_file),
             "classes": list(CLASSES),
             "groups": list(GROUPS),
