@@ -101,6 +101,7 @@ class DatasetSpec:
         paper: the paper's figures in %, ``(split, method key, metric key) -> (mean, std or None)``.
         paper_seeds: over how many seeds the paper averaged.
         note: what the headline figures are, printed under the table.
+        group_label: what a group is called in tables and plots (``vendor``).
     """
 
     name: str
@@ -117,6 +118,7 @@ class DatasetSpec:
     paper: Mapping[tuple[str, str, str], tuple[float, float | None]]
     paper_seeds: int
     note: str = ""
+    group_label: str = "group"
 
     def method(self, key: str) -> Method:
         for method in self.methods:
@@ -172,6 +174,7 @@ MNMS = DatasetSpec(
         "so the worst-group test accuracy is the accuracy on that vendor (test frames). "
         "Other splits (e.g. `demo`) test every vendor: there it is the worst vendor's accuracy."
     ),
+    group_label="vendor",
 )
 
 #: The datasets the grid knows, by name.
@@ -289,7 +292,7 @@ def group_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str
     """Per-group test accuracy (%) of each method on one split, mean ± std; groups without test data left out."""
     split_rows = [r for r in rows if r["split"] == split]
     groups = [g for g in spec.groups if any(r.get(f"acc_{g}") is not None for r in split_rows)]
-    header = ["method", "network", *(f"group {g}" for g in groups), "worst-group", "mean-group"]
+    header = ["method", "network", *(f"{spec.group_label} {g}" for g in groups), "worst-group", "mean-group"]
     body = []
     for method in spec.methods:
         mine = _rows_of(rows, split, method.key)
@@ -359,7 +362,7 @@ def plot_group_accuracy(
         positions = [k + (i - (len(spec.methods) - 1) / 2) * width for k in range(len(groups))]
         ax.bar(positions, means, width, yerr=errors, capsize=3, label=f"{method.label} {method.network}")
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"group {g}" for g in groups])
+    ax.set_xticklabels([f"{spec.group_label} {g}" for g in groups])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     seeds = len({r["seed"] for r in split_rows})
@@ -376,7 +379,9 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_group_weights(panels: Mapping[str, Sequence[str | Path]], path: str | Path, title: str = "") -> Path | None:
+def plot_group_weights(
+    panels: Mapping[str, Sequence[str | Path]], path: str | Path, title: str = "", group_label: str = "group"
+) -> Path | None:
     """Group weights over training iterations: one panel per method, mean over its seeds' runs.
 
     The shaded band spans the lowest to the highest weight among the seeds at each iteration.
@@ -387,6 +392,7 @@ def plot_group_weights(panels: Mapping[str, Sequence[str | Path]], path: str | P
         panels: panel title -> run folders (one per seed).
         path: the PNG to write.
         title: figure title.
+        group_label: what a group is called in the legend.
 
     Returns:
         The PNG, or None when no run logged group weights.
@@ -403,7 +409,7 @@ def plot_group_weights(panels: Mapping[str, Sequence[str | Path]], path: str | P
             per_seed = [dict(run[group]) for run in runs if group in run]
             steps = sorted(set.intersection(*(set(p) for p in per_seed)))
             values = [[p[s] for p in per_seed] for s in steps]
-            line = ax.plot(steps, [sum(v) / len(v) for v in values], label=f"group {group}")[0]
+            line = ax.plot(steps, [sum(v) / len(v) for v in values], label=f"{group_label} {group}")[0]
             if len(per_seed) > 1:
                 low, high = [min(v) for v in values], [max(v) for v in values]
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)

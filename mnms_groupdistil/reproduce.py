@@ -64,7 +64,6 @@ from mnms_groupdistil.paper import (
     plot_step_sizes,
     result_row,
     step_size_table,
-    step_sizes_of,
     write_csv,
 )
 
@@ -411,10 +410,8 @@ def run_grid(
 
 
 def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | None) -> dict[str, Any]:
-    return result_row(
-        spec, report, split=run.split, run=run.key, method=run.method.key, seed=run.seed, eta_w=eta_w,
-        run_dir=run.run_dir,
-    )
+    identity = {"split": run.split, "run": run.key, "method": run.method.key, "seed": run.seed}
+    return result_row(spec, report, **identity, eta_w=eta_w, run_dir=run.run_dir)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -457,7 +454,8 @@ def write_outputs(
         accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}.png")
         methods = {f"{m.label} {m.network}": [r.run_dir for r in mine if r.key == m.key] for m in spec.methods}
         weights = plot_group_weights(
-            methods, out / f"group_weights_{spec.name}_{split}.png", f"{spec.name} {split}: group weights"
+            methods, out / f"group_weights_{spec.name}_{split}.png", f"{spec.name} {split}: group weights",
+            spec.group_label,
         )
         by_eta: dict[float, list[Path]] = {}
         for row, run in zip(rows, runs):
@@ -469,6 +467,7 @@ def write_outputs(
                 {f"eta_w = {eta:g}": by_eta[eta] for eta in sorted(by_eta)},
                 out / f"group_weights_eta_{spec.name}_{split}.png",
                 f"{spec.name} {split}: {spec.method(spec.sweep).label} group weights per eta_w",
+                spec.group_label,
             )
         steps = plot_step_sizes(spec, rows, split, out / f"step_sizes_{spec.name}_{split}.png")
         plots += [p for p in (accuracy, weights, sweep_weights, steps) if p is not None]
@@ -486,7 +485,7 @@ def write_outputs(
         lines += [spec.note, ""]
     for split in splits:
         lines += [f"## Per-group test accuracy (%), {split}", "", *group_table(spec, rows, split), ""]
-    if step_sizes_of(rows, spec):
+    if any(run.step_size is not None for run in runs):
         label = spec.method(spec.sweep).label
         lines += [
             f"## {label} against the group weight step size eta_w (test accuracy, %)",
@@ -506,7 +505,12 @@ def write_outputs(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] = run_bundle) -> int:
+    """The command line; ``runner`` executes each run (default: a new Python process, :func:`run_bundle`).
+
+    Returns:
+        The exit status: 0, or 1 when a run failed or a run folder holds other settings.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset_dir", help="the dataset's root folder (M&Ms: the OpenDataset folder)")
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnms")
@@ -550,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     start = time.monotonic()
     try:
-        rows = run_grid(spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed)
+        rows = run_grid(
+            spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed, runner
+        )
     except (RuntimeError, ValueError) as error:
         logger.error(str(error))
         return 1

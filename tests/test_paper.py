@@ -100,7 +100,7 @@ def test_group_table_leaves_out_groups_without_test_data():
         row("split1", "kd", 1, 1.0, 1.0, {"C": 1.0}),
     ]
     lines = group_table(MNMS, rows, "split1")
-    assert lines[0] == "| method | network | group C | worst-group | mean-group |"
+    assert lines[0] == "| method | network | vendor C | worst-group | mean-group |"
     # C: 0.5, 1.0 -> 75.0, std sqrt((0.25^2 * 2) / 1) = 0.35355 -> 35.4
     assert lines[4] == "| KD | DenseNet-121 | 75.0 ± 35.4 | 75.0 ± 35.4 | 75.0 ± 35.4 |"
     assert lines[2] == "| groupDRO | ResNet-18 (teacher) | - | - | - |"

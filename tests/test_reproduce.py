@@ -2,20 +2,20 @@
 
 Most tests replace the bundle runner by a stand-in that writes the ``metrics.json`` a finished run
 writes (its settings read back from the run's ``run_args.json``), so that what the grid runs,
-reuses and refuses is checked in milliseconds. ``test_grid_end_to_end`` runs the real bundles in
-subprocesses on a tiny generated cohort.
+reuses and refuses is checked in milliseconds. ``test_grid_end_to_end`` runs the real bundle configs
+on a tiny generated cohort (in this process, to save a Python start per run);
+``test_run_bundle_trains_in_a_new_process`` checks the default runner, a subprocess per run.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+import torch
+from monai.bundle import ConfigWorkflow
 
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.paper import MNMS
@@ -23,9 +23,11 @@ from mnms_groupdistil.reproduce import (
     BUNDLES_DIR,
     RUN_ARGS,
     bundle_args,
+    main,
     parse_overrides,
     plan_runs,
     resolve_setting,
+    run_bundle,
     run_grid,
     run_state,
     write_outputs,
@@ -215,22 +217,46 @@ def test_outputs_of_a_grid(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 
+TINY_GRID = [
+    "--splits", "demo", "--override", "max_epochs=1", "image_size=32", "frames_per_patient=2", "batch_size=8",
+    "num_workers=0", "device=cpu", "test_frames_per_patient=2",
+]  # fmt: skip
 
-def test_grid_end_to_end(tmp_path):
-    """Two seeds of the demo split through the real bundles (1 epoch, 16 px), then again: nothing reruns."""
+
+@pytest.fixture()
+def one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def in_process(args_path: Path, log_path: Path) -> int:
+    """What ``python -m monai.bundle run --args_file`` does, in this process (saves a Python start per run)."""
+    args = json.loads(args_path.read_text())
+    configs = args.pop("config_file")
+    workflow = ConfigWorkflow(
+        config_file=configs,
+        meta_file=str(Path(configs[0]).parent / "metadata.json"),
+        logging_file=False,
+        run_id=args.pop("run_id"),
+        **args,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return 0
+
+
+def test_grid_end_to_end(tmp_path, caplog, one_torch_thread):
+    """Two seeds of the demo split through the real bundle configs (1 epoch, 32 px), then again: nothing reruns."""
     data = write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0)
     out = tmp_path / "grid"
-    command = [
-        sys.executable, "-m", "mnms_groupdistil.reproduce", str(data), "--seeds", "0", "1", "--splits", "demo",
-        "--output_dir", str(out), "--group_step_sizes", "0",
-        "--override", "max_epochs=1", "image_size=16", "frames_per_patient=2", "batch_size=8", "num_workers=0",
-        "device=cpu", "test_frames_per_patient=2",
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    first = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    assert first.returncode == 0, first.stderr[-3000:]
-    progress = [line for line in first.stderr.splitlines() if line.startswith("[")]
-    assert sum(": done in " in line for line in progress) == 10, progress  # 2 seeds x (4 methods + eta 0)
+    argv = [str(data), "--seeds", "0", "1", "--output_dir", str(out), "--group_step_sizes", "0", *TINY_GRID]
+    with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
+        assert main(argv, runner=in_process) == 0
+    progress = [m for m in caplog.messages if m.startswith("[")]
+    assert sum(": done in " in m for m in progress) == 10, progress  # 2 seeds x (4 methods + eta 0)
     assert progress[0].startswith("[1/10] mnms demo seed 0 teacher: training")
 
     with open(out / "results.csv", newline="") as f:
@@ -239,21 +265,41 @@ def test_grid_end_to_end(tmp_path):
     for r in rows:
         report = json.loads((Path(r["run_dir"]) / "metrics.json").read_text())
         assert float(r["worst_group"]) == report["metrics"]["test_worst_group_acc"]
-        assert r["selection"] == report["selection"]["rule"]
+        assert r["selection"] == report["selection"]["rule"] == "last_epoch"
         assert min(float(r[f"acc_{g}"]) for g in "ACD") == pytest.approx(float(r["worst_group"]))
+        assert json.loads((Path(r["run_dir"]) / "split.json").read_text())["split_seed"] == 0
+    teacher = next(r["run_dir"] for r in rows if r["run"] == "teacher" and r["seed"] == "1")
+    kd = Path(next(r["run_dir"] for r in rows if r["run"] == "kd" and r["seed"] == "1"))
+    assert json.loads((kd / RUN_ARGS).read_text())["teacher_ckpt"] == str(Path(teacher) / "model_final.pt")
     text = (out / "results.md").read_text()
     assert "| GroupDistil | DenseNet-121 |" in text and "## GroupDistil against the group weight step size" in text
-    for name in ("group_weights_mnms_demo.png", "group_accuracy_mnms_demo.png"):
+    for name in ("group_weights_mnms_demo.png", "group_accuracy_mnms_demo.png", "group_weights_eta_mnms_demo.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
 
     # a second invocation trains nothing but a run whose folder was emptied (stopped before its first checkpoint)
-    kd = Path(next(r["run_dir"] for r in rows if r["run"] == "kd" and r["seed"] == "1"))
     for path in kd.iterdir():
-        if path.name != "run_args.json":
+        if path.name != RUN_ARGS:
             path.unlink()
-    second = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    assert second.returncode == 0, second.stderr[-3000:]
-    progress = [line for line in second.stderr.splitlines() if line.startswith("[")]
-    assert sum("finished earlier, reused" in line for line in progress) == 9
-    assert any(line.startswith("[8/10] mnms demo seed 1 kd: training") for line in progress), progress
+    caplog.clear()
+    with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
+        assert main(argv, runner=in_process) == 0
+    progress = [m for m in caplog.messages if m.startswith("[")]
+    assert sum("finished earlier, reused" in m for m in progress) == 9
+    assert any(m.startswith("[8/10] mnms demo seed 1 kd: training") for m in progress), progress
     assert (kd / "metrics.json").is_file()
+
+
+def test_run_bundle_trains_in_a_new_process(tmp_path):
+    """The default runner: ``python -m monai.bundle run --args_file`` in a subprocess, output to the log."""
+    data = write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0)
+    run = plan_runs(MNMS, [0], tmp_path / "grid", ["demo"])[0]
+    overrides = parse_overrides(TINY_GRID[TINY_GRID.index("--override") + 1 :])
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / RUN_ARGS).write_text(json.dumps(bundle_args(MNMS, run, data, overrides=overrides)))
+    env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        assert run_bundle(run.run_dir / RUN_ARGS, run.run_dir / "bundle.log") == 0
+    assert run_state(run.run_dir, 1) == "done"
+    assert "--args_file" in (run.run_dir / "bundle.log").read_text().splitlines()[0]
