@@ -18,6 +18,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import from_engine
 
 from mnms_groupdistil.data.mnms import cine_volume_problems
+from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.metrics import majority_vote
 
 __all__ = ["PatientPredictionWriter", "find_cine_volumes"]
@@ -34,7 +35,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
         ``[{"subject", "image", "num_slices", "num_frames"}, ...]`` sorted by path.
 
     Raises:
-        ValueError: no volume found, or a file that is unreadable, not 4D or truncated (all such files
+        InputError: (a ``ValueError``) no volume found, or a file that is unreadable, not 4D or truncated (all such files
             listed).
     """
     path = Path(path).expanduser()
@@ -43,9 +44,9 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
     elif path.is_dir():
         files = sorted(path.rglob(pattern))
     else:
-        raise ValueError(f"{path} does not exist: pass a 4D NIfTI file or a folder of '{pattern}' files.")
+        raise InputError(f"{path} does not exist: pass a 4D NIfTI file or a folder of '{pattern}' files.")
     if not files:
-        raise ValueError(f"no '{pattern}' file found below {path}.")
+        raise InputError(f"no '{pattern}' file found below {path}.")
     records, problems = [], []
     for file in files:
         subject = re.sub(r"(_sa)?\.nii(\.gz)?$", "", file.name)
@@ -57,7 +58,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
             {"subject": subject, "image": str(file.resolve()), "num_slices": shape[2], "num_frames": shape[3]}
         )
     if problems:
-        raise ValueError("cannot run inference on:\n" + "\n".join(problems))
+        raise InputError(problems, header="cannot run inference on:")
     return records
 
 

@@ -27,7 +27,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from mnms_groupdistil.errors import InputError
+
 __all__ = [
+    "MODES",
+    "ModeFlags",
     "CrossEntropyLoss",
     "DistillationLoss",
     "GroupLoss",
@@ -37,7 +41,46 @@ __all__ = [
     "cross_entropy_loss",
     "distillation_loss",
     "group_sums",
+    "mode_flags",
 ]
+
+
+class ModeFlags(NamedTuple):
+    """What a training mode turns on (see :data:`MODES`)."""
+
+    robust: bool
+    """exponentiated-gradient group weights (groupDRO's objective) instead of fixed uniform ones."""
+    distil: bool
+    """the distillation loss from a teacher instead of plain cross-entropy."""
+
+
+#: The training modes and their flags: the four combinations of robust weights and distillation.
+MODES: dict[str, ModeFlags] = {
+    "erm": ModeFlags(robust=False, distil=False),
+    "groupdro": ModeFlags(robust=True, distil=False),
+    "kd": ModeFlags(robust=False, distil=True),
+    "groupdistil": ModeFlags(robust=True, distil=True),
+}
+
+
+def mode_flags(mode: str) -> ModeFlags:
+    """The flags of a training mode; the one place where ``mode`` is checked.
+
+    Args:
+        mode: one of :data:`MODES` (``erm``, ``groupdro``, ``kd``, ``groupdistil``), exactly.
+
+    Returns:
+        ``ModeFlags(robust, distil)``.
+
+    Raises:
+        InputError: (a ``ValueError``) for any other value, listing the valid modes.
+    """
+    if not isinstance(mode, str) or mode not in MODES:
+        raise InputError(
+            f"mode={mode!r} is not a training mode; valid modes: {', '.join(MODES)} "
+            "(e.g. --mode groupdistil, or merge train_erm.json / train_groupdro.json / train_kd.json)"
+        )
+    return MODES[mode]
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:

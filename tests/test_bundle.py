@@ -12,11 +12,8 @@ import csv
 import importlib
 import json
 import math
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,13 +22,13 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 from monai.bundle.reference_resolver import ReferenceResolver
 from monai.utils.module import locate
 
 from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.networks import CheckpointNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +47,9 @@ CONFIG_COMBINATIONS = {
     "train+kd": [TRAIN, KD],
     "train+groupdro": [TRAIN, GROUPDRO],
     "train+evaluate": [TRAIN, EVALUATE],
+    "train+erm": [TRAIN, str(CONFIGS / "train_erm.json")],
     "train+multi_gpu": [TRAIN, str(CONFIGS / "multi_gpu_train.json")],
+    "train+evaluate+multi_gpu": [TRAIN, EVALUATE, str(CONFIGS / "multi_gpu_evaluate.json")],
     "train+inference": [TRAIN, str(CONFIGS / "inference.json")],
 }
 
@@ -68,33 +67,6 @@ GROUPS = ("A", "C", "D")
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def make_workflow(config_files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
-    return ConfigWorkflow(
-        config_file=config_files,
-        meta_file=str(METADATA),
-        logging_file=False,  # the bundle's logging.conf reconfigures the root logger; not wanted inside pytest
-        workflow_type=workflow_type,
-        run_id=run_id,
-        **overrides,
-    )
-
-
-def run_workflow(config_files: list[str], workflow_type: str | None = "train", run_id: str = "run", **overrides: Any):
-    workflow = make_workflow(config_files, workflow_type=workflow_type, run_id=run_id, **overrides)
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
 
 
 def exception_chain(err: BaseException) -> list[BaseException]:
@@ -135,20 +107,15 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 
 @pytest.fixture(scope="session")
-def cohort(tmp_path_factory) -> Path:
-    return Path(write_mnms_cohort(tmp_path_factory.mktemp("bundle_data") / "MnM", preset="tiny", seed=0))
-
-
-@pytest.fixture(scope="session")
-def teacher_dir(cohort, tmp_path_factory) -> Path:
+def teacher_dir(bundle, cohort, tmp_path_factory) -> Path:
     """groupDRO ResNet-18 teacher (train.json + train_teacher.json), trained once."""
     out = tmp_path_factory.mktemp("teacher")
-    run_workflow([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **TINY)
+    bundle.run([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **TINY)
     return out
 
 
 @pytest.fixture(scope="module")
-def student_dirs(cohort, teacher_dir, tmp_path_factory) -> dict[str, Path]:
+def student_dirs(bundle, cohort, teacher_dir, tmp_path_factory) -> dict[str, Path]:
     """GroupDistil (default DenseNet-121 student), KD and groupDRO ResNet-18 students."""
     teacher_ckpt = str(teacher_dir / "model_final.pt")
     runs = {
@@ -159,16 +126,16 @@ def student_dirs(cohort, teacher_dir, tmp_path_factory) -> dict[str, Path]:
     dirs = {"teacher": teacher_dir}
     for mode, (configs, extra) in runs.items():
         out = tmp_path_factory.mktemp(mode)
-        run_workflow(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=teacher_ckpt, **TINY, **extra)
+        bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=teacher_ckpt, **TINY, **extra)
         dirs[mode] = out
     return dirs
 
 
 @pytest.fixture(scope="module")
-def evaluation(cohort, student_dirs) -> dict:
+def evaluation(bundle, cohort, student_dirs) -> dict:
     """evaluate.json on the GroupDistil run (loads its model.pt); the run's evaluation.json."""
     out = student_dirs["groupdistil"]
-    run_workflow(
+    bundle.run(
         [TRAIN, EVALUATE],
         workflow_type=None,
         run_id="evaluating",
@@ -326,6 +293,23 @@ def test_references_macros_and_targets_resolve(name):
     assert config_problems(merged_config(CONFIG_COMBINATIONS[name])) == []
 
 
+def test_process_group_is_started_by_an_explicit_step_only():
+    """Reading a setting (``rank``) must not start a process group: only the ``initialize`` steps do."""
+    for name in ("train+multi_gpu", "train+evaluate+multi_gpu"):
+        config = merged_config(CONFIG_COMBINATIONS[name])
+        assert config["distributed"] is True
+        starts = [path for path, value in _walk(config) if isinstance(value, str) and "distributed.setup(" in value]
+        assert starts and all(path.startswith("initialize#") for path in starts), (name, starts)
+        assert "init_process_group" not in json.dumps(config)
+
+
+def test_multi_gpu_overrides_components_not_expressions():
+    """multi_gpu_train.json swaps the shuffled loader's sampler; the loader choice stays in train.json."""
+    override = ConfigParser.load_config_file(str(CONFIGS / "multi_gpu_train.json"))
+    assert "train#sampler" in override
+    assert not any(key.startswith("train#dataloader") or key.endswith("loader") for key in override)
+
+
 def test_reference_check_catches_typos():
     config = merged_config([TRAIN])
     config["network"] = "$@network_deff.to(@device)"
@@ -341,8 +325,8 @@ def test_reference_check_catches_typos():
 # ------------------------------------------------------------------------------ 3. properties
 
 
-def test_train_workflow_has_required_properties(cohort, teacher_dir, tmp_path):
-    workflow = make_workflow(
+def test_train_workflow_has_required_properties(bundle, cohort, teacher_dir, tmp_path):
+    workflow = bundle.make(
         [TRAIN],
         dataset_dir=str(cohort),
         output_dir=str(tmp_path / "out"),
@@ -452,10 +436,10 @@ def test_evaluate_writes_evaluation_json(evaluation, student_dirs):
 # ---------------------------------------------------------------------------------- 5. resume
 
 
-def test_resume_continues_from_last_epoch(cohort, tmp_path):
+def test_resume_continues_from_last_epoch(bundle, cohort, tmp_path):
     out = tmp_path / "teacher_resume"
     common = dict(dataset_dir=str(cohort), output_dir=str(out), **{**TINY, "max_epochs": 1})
-    run_workflow([TRAIN, TEACHER], **common)
+    bundle.run([TRAIN, TEACHER], **common)
     first = load_checkpoint(out / "checkpoint_final.pt")
     epoch_length = first["trainer"]["epoch_length"]
     assert first["trainer"]["iteration"] == epoch_length
@@ -463,7 +447,7 @@ def test_resume_continues_from_last_epoch(cohort, tmp_path):
     assert first_updates == epoch_length
     first_best = json.loads((out / "metrics.json").read_text())["best_metric"]
 
-    workflow = make_workflow([TRAIN, TEACHER], **{**common, "max_epochs": 2})
+    workflow = bundle.make([TRAIN, TEACHER], **{**common, "max_epochs": 2})
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epochs_run, iterations_run = [], []
@@ -512,15 +496,16 @@ def cohort_missing_image(cohort, teacher_dir, tmp_path) -> tuple[Path, str]:
     return data, subject
 
 
-def _initialize_error(config_files: list[str], **overrides: Any) -> BaseException:
-    workflow = make_workflow(config_files, **overrides)
+def _initialize_error(bundle, config_files: list[str], **overrides: Any) -> BaseException:
+    workflow = bundle.make(config_files, **overrides)
     with pytest.raises(Exception) as info:
         workflow.initialize()
     return info.value
 
 
-def test_missing_csv_gives_clear_error(cohort_without_csv, tmp_path):
+def test_missing_csv_gives_clear_error(bundle, cohort_without_csv, tmp_path):
     err = _initialize_error(
+        bundle,
         [TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **TINY
     )
     data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
@@ -528,56 +513,68 @@ def test_missing_csv_gives_clear_error(cohort_without_csv, tmp_path):
     assert "information CSV" in str(data_errors[0]) and str(cohort_without_csv) in str(data_errors[0])
 
 
-def test_missing_subject_image_gives_clear_error(cohort_missing_image, tmp_path):
+def test_missing_subject_image_gives_clear_error(bundle, cohort_missing_image, tmp_path):
     data, subject = cohort_missing_image
-    err = _initialize_error([TRAIN, TEACHER], dataset_dir=str(data), output_dir=str(tmp_path / "o"), **TINY)
+    err = _initialize_error(bundle, [TRAIN, TEACHER], dataset_dir=str(data), output_dir=str(tmp_path / "o"), **TINY)
     data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
     assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
     message = str(data_errors[0])
     assert subject in message and f"{subject}_sa.nii.gz" in message
 
 
-def test_cli_shows_the_data_error(cohort_missing_image, tmp_path):
-    """What a user sees: MONAI's RuntimeError('Failed to evaluate ConfigExpression ...prepare_split...'),
-    raised from the MnMsDataError naming the subject, which the traceback prints above it."""
+def _last_lines(text: str, n: int) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()][-n:]
+
+
+@pytest.mark.slow
+def test_cli_ends_with_the_problem_list(bundle, cohort_missing_image, tmp_path):
+    """What a user sees on bad data: our problem list as the last lines and a non-zero exit status,
+    not MONAI's ``RuntimeError: Failed to evaluate ConfigExpression`` traceback."""
     data, subject = cohort_missing_image
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
+    proc = bundle.cli(
         "training",
-        "--config_file",
-        repr([TRAIN, TEACHER]),
-        "--meta_file",
-        str(METADATA),
-        "--logging_file",
-        str(CONFIGS / "logging.conf"),
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(tmp_path / "o"),
-        "--split",
-        "demo",
-        "--num_workers",
-        "0",
-        "--device",
-        "cpu",
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+        [TRAIN, TEACHER],
+        dataset_dir=data,
+        output_dir=tmp_path / "o",
+        split="demo",
+        num_workers=0,
+        device="cpu",
+    )
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output[-3000:]
-    assert "mnms_groupdistil.data.mnms.MnMsDataError" in output, output[-3000:]
-    assert f"subject {subject}: image {subject}_sa.nii.gz not found" in output, output[-3000:]
+    assert proc.returncode == 1, output[-3000:]
+    last = _last_lines(proc.stderr, 3)
+    assert last[0] == "The run cannot go on:", last
+    assert last[1].startswith("1 problem(s) with the images of 1 M&Ms subject(s)"), last
+    assert last[2].startswith(f"subject {subject}: image {subject}_sa.nii.gz not found"), last
+    assert "Traceback" not in output and "Failed to evaluate" not in output, output[-3000:]
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_mistyped_mode(bundle, cohort, tmp_path):
+    proc = bundle.cli(
+        "training", [TRAIN], dataset_dir=cohort, output_dir=tmp_path / "o", mode="groupdistill", **TINY
+    )
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    last = _last_lines(proc.stderr, 1)[0]
+    assert "mode='groupdistill' is not a training mode; valid modes: erm, groupdro, kd, groupdistil" in last
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_mistyped_mode_stops_before_training(bundle, cohort, tmp_path):
+    err = _initialize_error(
+        bundle, [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"), mode="ERM", **TINY
+    )
+    input_errors = [e for e in exception_chain(err) if isinstance(e, InputError)]
+    assert input_errors and "valid modes: erm, groupdro, kd, groupdistil" in str(input_errors[0])
 
 
 # ----------------------------------------------------------------------- 7. missing teacher
 
 
-def test_missing_teacher_checkpoint_mentions_teacher_ckpt(cohort, tmp_path):
+def test_missing_teacher_checkpoint_mentions_teacher_ckpt(bundle, cohort, tmp_path):
     missing = tmp_path / "no_teacher" / "model.pt"
     err = _initialize_error(
+        bundle,
         [TRAIN],
         dataset_dir=str(cohort),
         output_dir=str(tmp_path / "o"),
@@ -591,9 +588,9 @@ def test_missing_teacher_checkpoint_mentions_teacher_ckpt(cohort, tmp_path):
     assert "teacher_ckpt" in str(not_found[0]) and str(missing) in str(not_found[0])
 
 
-def test_groupdro_student_needs_no_teacher(cohort, teacher_dir, tmp_path):
+def test_groupdro_student_needs_no_teacher(bundle, cohort, teacher_dir, tmp_path):
     """groupDRO needs no teacher: a missing teacher_ckpt does not matter there."""
-    workflow = make_workflow(
+    workflow = bundle.make(
         [TRAIN, GROUPDRO],
         dataset_dir=str(cohort),
         output_dir=str(tmp_path / "o"),
@@ -605,9 +602,9 @@ def test_groupdro_student_needs_no_teacher(cohort, teacher_dir, tmp_path):
     assert workflow.parser.get_parsed_content("teacher") is None
 
 
-def test_generalization_adjustment_uses_training_frame_counts(cohort, tmp_path):
+def test_generalization_adjustment_uses_training_frame_counts(bundle, cohort, tmp_path):
     """``--group_adjustment C`` adds C / sqrt(n_d) to group d's loss, n_d = training frames of vendor d."""
-    workflow = make_workflow(
+    workflow = bundle.make(
         [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "adj"), group_adjustment=2.0, **TINY
     )
     workflow.initialize()
@@ -621,11 +618,11 @@ def test_generalization_adjustment_uses_training_frame_counts(cohort, tmp_path):
 INFERENCE = str(CONFIGS / "inference.json")
 
 
-def test_inference_writes_one_prediction_per_volume(cohort, student_dirs, tmp_path):
+def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs, tmp_path):
     """inference.json on a folder of raw volumes (no CSV, no labels), with the GroupDistil student."""
     folder = cohort / "Testing"
     volumes = sorted(folder.rglob("*_sa.nii.gz"))
-    run_workflow(
+    bundle.run(
         [TRAIN, INFERENCE],
         workflow_type=None,
         run_id="inference",
@@ -681,8 +678,8 @@ def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
     np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
-def test_inference_config_has_the_properties_monai_tools_look_for(cohort, student_dirs, tmp_path):
-    workflow = make_workflow(
+def test_inference_config_has_the_properties_monai_tools_look_for(bundle, cohort, student_dirs, tmp_path):
+    workflow = bundle.make(
         [TRAIN, INFERENCE],
         workflow_type="infer",
         dataset_dir=str(cohort / "Testing"),

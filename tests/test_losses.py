@@ -14,6 +14,7 @@ from mnms_groupdistil.losses import (
     cross_entropy_loss,
     distillation_loss,
     group_sums,
+    mode_flags,
 )
 
 
@@ -204,3 +205,14 @@ def test_metatensor_inputs_leave_plain_tensors_in_the_weights(tmp_path):
     assert type(weights.log_weights) is torch.Tensor
     torch.save(weights.state_dict(), tmp_path / "w.pt")
     assert torch.equal(torch.load(tmp_path / "w.pt", weights_only=True)["log_weights"], weights.log_weights)
+
+
+def test_mode_flags_and_mistyped_modes():
+    assert mode_flags("erm") == (False, False)
+    assert mode_flags("groupdro") == (True, False)
+    assert mode_flags("kd") == (False, True)
+    assert mode_flags("groupdistil") == (True, True)
+    assert mode_flags("groupdistil").robust and mode_flags("kd").distil
+    for bad in ("groupdistill", "ERM", "group_dro", "", None):
+        with pytest.raises(ValueError, match="valid modes: erm, groupdro, kd, groupdistil"):
+            mode_flags(bad)

@@ -1,5 +1,6 @@
 """multi_gpu_train.json under torchrun with two CPU processes (gloo): the ranks agree on the group
-weights, and the gathered validation metrics equal a single-process evaluation of the same model."""
+weights, and the gathered validation metrics equal a single-process evaluation of the same model;
+multi_gpu_evaluate.json evaluates on two processes with the same result."""
 
 import json
 import os
@@ -10,8 +11,6 @@ from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigWorkflow
-
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
 SETTINGS = {
@@ -26,7 +25,7 @@ SETTINGS = {
 TINY = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
 
 
-def _torchrun(configs, out, data, *extra):
+def _torchrun(configs, out, data, *extra, run_id="training"):
     command = [
         sys.executable,
         "-m",
@@ -36,7 +35,7 @@ def _torchrun(configs, out, data, *extra):
         "-m",
         "monai.bundle",
         "run",
-        "training",
+        run_id,
         "--config_file",
         str([str(CONFIGS / c) for c in configs]),
         "--dataset_dir",
@@ -59,13 +58,10 @@ def _weights_by_epoch(log):
     return found
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_mnms_cohort(tmp_path_factory.mktemp("mg") / "MnM", preset="tiny", seed=0)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["groupdro", "kd"])  # one-group batches; shuffled DistributedSampler batches
-def test_two_process_training(data, tmp_path, mode):
+def test_two_process_training(cohort, tmp_path, mode):
+    data = cohort
     teacher = tmp_path / "teacher"
     log = _torchrun(["train.json", "train_teacher.json", "multi_gpu_train.json"], teacher, data)
     out = teacher
@@ -105,3 +101,16 @@ def test_two_process_training(data, tmp_path, mode):
     single = json.loads((tmp_path / "single" / "evaluation.json").read_text())
     for key, value in single["metrics"].items():
         assert metrics["metrics"][key] == pytest.approx(value), key
+    if mode == "groupdro":
+        _torchrun(
+            ["train.json", "evaluate.json", "multi_gpu_evaluate.json"],
+            tmp_path / "two",
+            data,
+            "--ckpt_path",
+            str(out / "model_final.pt"),
+            "--network_name",
+            "resnet18",
+            run_id="evaluating",
+        )
+        two = json.loads((tmp_path / "two" / "evaluation.json").read_text())
+        assert two["metrics"] == pytest.approx(single["metrics"])

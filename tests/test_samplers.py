@@ -27,11 +27,15 @@ def test_epoch_length_reproducibility_and_reshuffle():
     sampler = GroupBatchSampler(GROUPS, batch_size=4, seed=3)
     assert len(sampler) == 14  # ceil(53 / 4)
     first = list(sampler)
+    assert list(sampler) == first  # the sampler does not count epochs itself: the trainer sets them
+    sampler.set_epoch(1)
     second = list(sampler)
-    assert first != second  # the next epoch draws anew
+    assert second != first  # another epoch draws anew
     sampler.set_epoch(0)
     assert list(sampler) == first
-    assert list(GroupBatchSampler(GROUPS, batch_size=4, seed=3)) == first
+    resumed = GroupBatchSampler(GROUPS, batch_size=4, seed=3)  # a new process resuming at epoch 1
+    resumed.set_epoch(1)
+    assert list(resumed) == second
 
 
 def test_a_group_is_covered_before_repeating():

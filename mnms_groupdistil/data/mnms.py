@@ -34,6 +34,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from mnms_groupdistil.data.errors import DataError
+
 __all__ = [
     "VENDORS",
     "CENTRES",
@@ -148,21 +150,13 @@ _REQUIRED = ("subject", "pathology", "vendor", "ed", "es")
 _INFO_KEYS = ("subject", "pathology", "vendor_name", "vendor", "centre", "ed", "es", "age", "sex", "height", "weight")
 
 
-class MnMsDataError(ValueError):
+class MnMsDataError(DataError):
     """Problems found in an M&Ms dataset, its information CSV or a requested split.
 
     Attributes:
         problems: One human-readable line per problem; each names the subject (where there is
             one), the file and what is wrong.
     """
-
-    def __init__(self, problems: str | Sequence[str], header: str | None = None) -> None:
-        if isinstance(problems, str):
-            problems = [problems]
-        self.problems: list[str] = list(problems)
-        lines = [header] if header else []
-        lines += self.problems
-        super().__init__("\n".join(lines))
 
 
 # --------------------------------------------------------------------------------------- CSV
@@ -719,16 +713,11 @@ def prepare_split(
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
     """
-    try:
-        csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
-        records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
-        logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
-        parts = select_split(records, split=split, seed=int(seed))
-        checked = check_subjects(parts["train"] + parts["test"])
-    except MnMsDataError as error:
-        # the bundle runner wraps this error in its own traceback: state the problems plainly first
-        logger.error("the M&Ms data in %s cannot be used:\n%s", dataset_dir, error)
-        raise
+    csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
+    records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
+    logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
+    parts = select_split(records, split=split, seed=int(seed))
+    checked = check_subjects(parts["train"] + parts["test"])
     n_train = len(parts["train"])
     result = {"train": checked[:n_train], "test": checked[n_train:]}
     for part in _PARTS:

@@ -26,12 +26,17 @@ class GroupBatchSampler(Sampler[list[int]]):
     Under ``torch.distributed`` (or with ``num_replicas``/``rank`` given) all ranks draw the same
     group at each step and take disjoint slices of it.
 
+    Like ``torch.utils.data.DistributedSampler``, the sampler does not count epochs itself: call
+    :meth:`set_epoch` with the trainer's epoch before each epoch (the bundles'
+    :class:`mnms_groupdistil.handlers.EpochSeeds` does), or every epoch repeats the same draws.
+
     Args:
         groups: group id of every dataset index.
         batch_size: samples per batch on each rank.
         num_batches: batches per epoch; default ``ceil(len(groups) / (batch_size * num_replicas))``,
             i.e. about one pass over the data.
-        seed: base seed; epoch ``e`` uses ``(seed, e)``, so runs are reproducible.
+        seed: base seed; epoch ``e`` draws from ``(seed, e)`` only, so runs are reproducible and a
+            resumed run continues the sequence of an uninterrupted one.
         num_replicas: number of ranks (default: the distributed world size, else 1).
         rank: this rank (default: the distributed rank, else 0).
 
@@ -39,6 +44,9 @@ class GroupBatchSampler(Sampler[list[int]]):
 
         sampler = GroupBatchSampler([0, 0, 1, 2, 2, 2], batch_size=2, seed=0)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler)
+        for epoch in range(1, 4):
+            sampler.set_epoch(epoch)
+            for batch in loader: ...
     """
 
     def __init__(
@@ -68,7 +76,7 @@ class GroupBatchSampler(Sampler[list[int]]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Use the draws of ``epoch`` for the next iteration."""
+        """Use the draws of ``epoch`` for the following iterations (until the next call)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
@@ -76,7 +84,6 @@ class GroupBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        self.epoch += 1
         orders = {g: rng.permutation(m) for g, m in self.members.items()}
         cursors = dict.fromkeys(self.group_ids, 0)
         for _ in range(self.num_batches):

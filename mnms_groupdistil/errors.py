@@ -1,0 +1,69 @@
+"""Errors a user can fix (bad data, bad settings), and how a bundle run shows them.
+
+MONAI's bundle runner evaluates configs inside ``try: ... except Exception as e: raise RuntimeError(
+"Failed to evaluate ...") from e``, so an error raised by this package while a config is read reaches
+the terminal as a long traceback that ends with MONAI's wrapper, not with what is wrong.
+:func:`report_input_errors` (the first ``initialize`` step of every bundle config) makes an
+:class:`InputError` anywhere in the exception chain end the program with its problem list as the
+last lines on the screen, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from types import TracebackType
+
+__all__ = ["InputError", "find_input_error", "report_input_errors"]
+
+
+class InputError(ValueError):
+    """Bad input that the user fixes: one human-readable line per problem.
+
+    Args:
+        problems: one line per problem; each names the file, the subject or setting, what is wrong
+            and, where it helps, what to do.
+        header: an optional first line (e.g. how many problems were found where).
+
+    Attributes:
+        problems: the problem lines.
+        header: the first line, or None.
+    """
+
+    def __init__(self, problems: str | Sequence[str], header: str | None = None) -> None:
+        self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
+        self.header = header
+        super().__init__("\n".join(([header] if header else []) + self.problems))
+
+
+def find_input_error(error: BaseException | None) -> InputError | None:
+    """The first :class:`InputError` in ``error``'s chain (itself, ``__cause__``, ``__context__``), or None."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, InputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _excepthook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+    found = find_input_error(error)
+    if found is None:
+        sys.__excepthook__(kind, error, traceback)
+        return
+    logging.getLogger(__name__).debug("traceback of the input error", exc_info=(kind, error, traceback))
+    sys.stderr.write(f"\nThe run cannot go on:\n{found}\n")
+    sys.stderr.flush()
+
+
+def report_input_errors() -> None:
+    """Show an uncaught :class:`InputError` as its problem list only, as the program's last output.
+
+    Installs a ``sys.excepthook``: for an uncaught exception whose chain holds an
+    :class:`InputError`, it writes the problem list to stderr (the traceback only goes to this
+    module's logger at DEBUG level); every other exception gets Python's usual traceback. Python
+    then exits with status 1. Safe to call more than once; does nothing to exceptions that are caught.
+    """
+    sys.excepthook = _excepthook

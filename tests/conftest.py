@@ -1,0 +1,116 @@
+"""Fixtures shared by the test modules: one torch thread, a generated cohort, a bundle runner.
+
+End-to-end runs of whole bundles carry ``@pytest.mark.slow`` (registered here); they still run by
+default (``pytest -m "not slow"`` leaves them out while iterating).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from mnms_groupdistil.data.synthetic import write_mnms_cohort
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: end-to-end run of a whole bundle or of several processes")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread: with a second busy process on a 2-core machine, two intra-op threads make
+    each iteration ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated "tiny" M&Ms cohort in the release layout (``preset="tiny"``, seed 0); do not modify it."""
+    return Path(write_mnms_cohort(tmp_path_factory.mktemp("bundle_data") / "MnM", preset="tiny", seed=0))
+
+
+class BundleRunner:
+    """Runs a bundle's configs in this process (``ConfigWorkflow``) or as a user does (a subprocess).
+
+    Args:
+        bundle: the bundle folder (holding ``configs/``).
+    """
+
+    def __init__(self, bundle: Path) -> None:
+        self.configs = bundle / "configs"
+        self.metadata = self.configs / "metadata.json"
+
+    def paths(self, config_files: Sequence[str | Path]) -> list[str]:
+        """Config names (``"train.json"``) or paths -> paths."""
+        return [str(c if Path(c).is_absolute() else self.configs / c) for c in config_files]
+
+    def make(
+        self,
+        config_files: Sequence[str | Path],
+        workflow_type: str | None = "train",
+        run_id: str = "run",
+        **overrides: Any,
+    ) -> ConfigWorkflow:
+        return ConfigWorkflow(
+            config_file=self.paths(config_files),
+            meta_file=str(self.metadata),
+            logging_file=False,  # the bundle's logging.conf reconfigures the root logger; not wanted in pytest
+            workflow_type=workflow_type,
+            run_id=run_id,
+            **overrides,
+        )
+
+    def run(
+        self,
+        config_files: Sequence[str | Path],
+        workflow_type: str | None = "train",
+        run_id: str = "run",
+        **overrides: Any,
+    ) -> ConfigWorkflow:
+        workflow = self.make(config_files, workflow_type=workflow_type, run_id=run_id, **overrides)
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        return workflow
+
+    def cli(
+        self, run_id: str, config_files: Sequence[str | Path], timeout: float = 240, **overrides: Any
+    ) -> subprocess.CompletedProcess:
+        """``python -m monai.bundle run <run_id> --config_file [...] --<key> <value> ...`` with the
+        bundle's logging.conf, one torch thread, from the repository root; returns the finished process."""
+        command = [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            run_id,
+            "--config_file",
+            repr(self.paths(config_files)),
+            "--meta_file",
+            str(self.metadata),
+            "--logging_file",
+            str(self.configs / "logging.conf"),
+        ]
+        for key, value in overrides.items():
+            command += [f"--{key}", str(value)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def bundle() -> BundleRunner:
+    """Runner for ``bundles/mnms_groupdistil``."""
+    return BundleRunner(REPO / "bundles" / "mnms_groupdistil")
