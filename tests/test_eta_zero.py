@@ -12,19 +12,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
 
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights
 from mnms_groupdistil.networks import build_network
-from mnms_groupdistil.reproduce import BUNDLES_DIR
-
-CONFIGS = BUNDLES_DIR / "mnms_groupdistil" / "configs"
 
 
 def objective(losses: list[float], groups: list[int], robust: bool) -> tuple[float, list[float], GroupWeights]:
@@ -65,25 +59,16 @@ def test_one_group_batch_is_kd_scaled_by_one_over_g():
 # --------------------------------------------------------------------- through the bundle
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
-def cohort_and_teacher(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("eta_zero")
-    data = Path(write_mnms_cohort(root / "MnM", preset="tiny", seed=0))
+def teacher(tmp_path_factory) -> Path:
+    """An untrained ResNet-18 teacher: both students distil from the same fixed network."""
     torch.manual_seed(0)
-    teacher = root / "teacher.pt"
-    torch.save(build_network("resnet18", num_classes=2, in_channels=1).state_dict(), teacher)
-    return data, teacher
+    path = tmp_path_factory.mktemp("eta_zero") / "teacher.pt"
+    torch.save(build_network("resnet18", num_classes=2, in_channels=1).state_dict(), path)
+    return path
 
 
-def train(data: Path, teacher: Path, out: Path, configs: list[str], **overrides) -> dict[str, torch.Tensor]:
+def train(bundle, cohort: Path, teacher: Path, out: Path, configs: list[str], **overrides) -> dict[str, torch.Tensor]:
     """Train through the bundle's configs (2 epochs, 16 px, 4 frames per patient); the final network."""
     settings = {
         "split": "demo",
@@ -96,18 +81,7 @@ def train(data: Path, teacher: Path, out: Path, configs: list[str], **overrides)
         "group_batches": False,
         **overrides,
     }
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / c) for c in configs],
-        logging_file=False,
-        workflow_type="train",
-        dataset_dir=str(data),
-        output_dir=str(out),
-        teacher_ckpt=str(teacher),
-        **settings,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=str(teacher), **settings)
     return torch.load(out / "model_final.pt", map_location="cpu", weights_only=True)
 
 
@@ -116,14 +90,14 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
 
 
-def test_eta_zero_trains_kd_exactly_on_balanced_batches(cohort_and_teacher, tmp_path):
-    data, teacher = cohort_and_teacher
+@pytest.mark.slow
+def test_eta_zero_trains_kd_exactly_on_balanced_batches(bundle, cohort, teacher, tmp_path):
     # the "tiny" cohort's demo split trains on one patient per vendor and class: 2 per vendor, 8 frames each;
     # one batch of 64 holds all 24 training frames, so every batch is balanced over the 3 vendors
-    kd = train(data, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], batch_size=64)
+    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], batch_size=64)
     split = json.loads((tmp_path / "kd" / "split.json").read_text())
     assert Counter(r["vendor"] for r in split["train"]) == {"A": 2, "C": 2, "D": 2}
-    eta0 = train(data, teacher, tmp_path / "eta0", ["train.json"], batch_size=64, group_step_size=0.0)
+    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], batch_size=64, group_step_size=0.0)
     checkpoint = torch.load(tmp_path / "eta0" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert torch.equal(checkpoint["group_weights"]["log_weights"], GroupWeights(3, 0.0).log_weights)
     assert max_difference(kd, eta0) < 1e-5
@@ -136,9 +110,10 @@ def test_eta_zero_trains_kd_exactly_on_balanced_batches(cohort_and_teacher, tmp_
         assert torch.allclose(net_kd.eval()(inputs), net_eta0.eval()(inputs), atol=1e-5)
 
 
-def test_eta_zero_is_not_kd_on_unbalanced_batches(cohort_and_teacher, tmp_path):
-    data, teacher = cohort_and_teacher
+@pytest.mark.slow
+def test_eta_zero_is_not_kd_on_unbalanced_batches(bundle, cohort, teacher, tmp_path):
     # batches of 5 out of 24 shuffled frames cannot all hold the three vendors equally often
-    kd = train(data, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], batch_size=5)
-    eta0 = train(data, teacher, tmp_path / "eta0", ["train.json"], batch_size=5, group_step_size=0.0)
+    unbalanced = {"batch_size": 5, "max_epochs": 1}
+    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **unbalanced)
+    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **unbalanced)
     assert max_difference(kd, eta0) > 1e-3

@@ -14,10 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from monai.bundle import ConfigWorkflow
 
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.paper import MNMS
 from mnms_groupdistil.reproduce import (
     BUNDLES_DIR,
@@ -223,38 +220,24 @@ TINY_GRID = [
 ]  # fmt: skip
 
 
-@pytest.fixture()
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def in_process(args_path: Path, log_path: Path) -> int:
+def in_process(bundle):
     """What ``python -m monai.bundle run --args_file`` does, in this process (saves a Python start per run)."""
-    args = json.loads(args_path.read_text())
-    configs = args.pop("config_file")
-    workflow = ConfigWorkflow(
-        config_file=configs,
-        meta_file=str(Path(configs[0]).parent / "metadata.json"),
-        logging_file=False,
-        run_id=args.pop("run_id"),
-        **args,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return 0
+
+    def runner(args_path: Path, log_path: Path) -> int:
+        args = json.loads(args_path.read_text())
+        bundle.run(args.pop("config_file"), workflow_type=None, run_id=args.pop("run_id"), **args)
+        return 0
+
+    return runner
 
 
-def test_grid_end_to_end(tmp_path, caplog, one_torch_thread):
+@pytest.mark.slow
+def test_grid_end_to_end(tmp_path, caplog, cohort, bundle):
     """Two seeds of the demo split through the real bundle configs (1 epoch, 32 px), then again: nothing reruns."""
-    data = write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0)
     out = tmp_path / "grid"
-    argv = [str(data), "--seeds", "0", "1", "--output_dir", str(out), "--group_step_sizes", "0", *TINY_GRID]
+    argv = [str(cohort), "--seeds", "0", "1", "--output_dir", str(out), "--group_step_sizes", "0", *TINY_GRID]
     with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
-        assert main(argv, runner=in_process) == 0
+        assert main(argv, runner=in_process(bundle)) == 0
     progress = [m for m in caplog.messages if m.startswith("[")]
     assert sum(": done in " in m for m in progress) == 10, progress  # 2 seeds x (4 methods + eta 0)
     assert progress[0].startswith("[1/10] mnms demo seed 0 teacher: training")
@@ -282,20 +265,20 @@ def test_grid_end_to_end(tmp_path, caplog, one_torch_thread):
             path.unlink()
     caplog.clear()
     with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
-        assert main(argv, runner=in_process) == 0
+        assert main(argv, runner=in_process(bundle)) == 0
     progress = [m for m in caplog.messages if m.startswith("[")]
     assert sum("finished earlier, reused" in m for m in progress) == 9
     assert any(m.startswith("[8/10] mnms demo seed 1 kd: training") for m in progress), progress
     assert (kd / "metrics.json").is_file()
 
 
-def test_run_bundle_trains_in_a_new_process(tmp_path):
+@pytest.mark.slow
+def test_run_bundle_trains_in_a_new_process(tmp_path, cohort):
     """The default runner: ``python -m monai.bundle run --args_file`` in a subprocess, output to the log."""
-    data = write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0)
     run = plan_runs(MNMS, [0], tmp_path / "grid", ["demo"])[0]
     overrides = parse_overrides(TINY_GRID[TINY_GRID.index("--override") + 1 :])
     run.run_dir.mkdir(parents=True)
-    (run.run_dir / RUN_ARGS).write_text(json.dumps(bundle_args(MNMS, run, data, overrides=overrides)))
+    (run.run_dir / RUN_ARGS).write_text(json.dumps(bundle_args(MNMS, run, cohort, overrides=overrides)))
     env = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
