@@ -5,8 +5,9 @@
   ``engine.state``.
 - :class:`GroupScalarWriter` writes those to TensorBoard every iteration (as the
   ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
-- :class:`MetricsReport` writes an evaluator's final metrics to ``metrics.json`` and logs a
-  per-group summary table when training ends.
+- :class:`AttachMetrics` gives an evaluator metrics without a key metric (test data rank nothing).
+- :class:`MetricsReport` records every evaluation, writes ``metrics.json`` (with how the
+  reported model was selected) and logs a per-group summary table.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from ignite.metrics import Metric
 from monai.engines.utils import IterationEvents
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -31,6 +33,7 @@ from monai.utils import set_determinism
 from mnms_groupdistil.losses import GroupWeightedLoss
 
 __all__ = [
+    "AttachMetrics",
     "BestModelSaver",
     "EpochSeeds",
     "GroupScalarWriter",
@@ -191,7 +194,9 @@ class GroupWeightedLossHandler:
     on the same inputs (eval mode, no gradient); the loss function then computes the per-sample
     loss (``sample_loss(student_logits, label, teacher_logits)``) and the group-weighted scalar
     (``loss``), and after it (``IterationEvents.LOSS_COMPLETED``) the handler publishes
-    ``engine.state.group_weights``, ``group_losses`` and ``group_counts`` (CPU tensors, shape (G,)).
+    ``engine.state.group_weights``, ``group_losses`` and ``group_counts`` (tensors of shape (G,) on
+    the training device: nothing in a step waits for the device; readers such as
+    :class:`GroupScalarWriter` copy them when they log).
 
     The four training modes:
 
@@ -213,6 +218,9 @@ class GroupWeightedLossHandler:
             ``needs_teacher`` attribute.
         teacher: frozen teacher network (on the trainer's device), or None.
         group_transform: ``engine.state.batch`` -> group ids of shape (B,).
+        inferer: how the teacher is called, ``inferer(inputs, teacher)`` (e.g. the trainer's
+            :class:`~mnms_groupdistil.acceleration.AutocastInferer`, so both networks run in the same
+            precision and memory format); None calls ``teacher(inputs)``.
         name: logger name; default ``mnms_groupdistil.handlers``.
 
     Example (bundle config)::
@@ -229,6 +237,7 @@ class GroupWeightedLossHandler:
         sample_loss: Callable[..., torch.Tensor],
         teacher: torch.nn.Module | None = None,
         group_transform: Callable[[Any], torch.Tensor] = group_from_batch,
+        inferer: Callable[..., torch.Tensor] | None = None,
         name: str | None = None,
     ) -> None:
         if not isinstance(loss, GroupWeightedLoss):
@@ -245,6 +254,7 @@ class GroupWeightedLossHandler:
         self.sample_loss = sample_loss
         self.teacher = teacher
         self.group_transform = group_transform
+        self.inferer = inferer
         self.logger = logging.getLogger(name or __name__)
         self._teacher_logits: torch.Tensor | None = None
         self._groups: torch.Tensor | None = None
@@ -275,7 +285,10 @@ class GroupWeightedLossHandler:
         inputs = engine.state.output[Keys.IMAGE]
         self.teacher.eval()
         with torch.no_grad():
-            self._teacher_logits = self.teacher(inputs)
+            if self.inferer is None:
+                self._teacher_logits = self.teacher(inputs)
+            else:
+                self._teacher_logits = self.inferer(inputs, self.teacher)
 
     def __call__(self, student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The trainer's loss function: the group-weighted scalar for this batch."""
@@ -286,8 +299,8 @@ class GroupWeightedLossHandler:
                 "the teacher did not run for this batch: IterationEvents.FORWARD_COMPLETED was not fired."
             )
         losses = self.sample_loss(student_logits, target, self._teacher_logits)
-        result = self.loss.evaluate(losses, self._groups.to(losses.device))
-        self._last = (result.group_losses.detach().cpu(), result.group_counts.detach().cpu())
+        result = self.loss.evaluate(losses, self._groups.to(losses.device, non_blocking=True))
+        self._last = (result.group_losses.detach(), result.group_counts.detach())
         return result.loss
 
     def loss_completed(self, engine: Engine) -> None:
@@ -303,9 +316,10 @@ class GroupWeightedLossHandler:
 
 
 class GroupScalarWriter:
-    """TensorBoard writer for the trainer: loss, group weights and per-group losses every iteration.
+    """TensorBoard writer for the trainer: loss, group weights and per-group losses.
 
-    Use as ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``; writes
+    Use as ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler`` (whose
+    ``iteration_log`` sets how often: each write reads the values back from the device); writes
     ``<loss_tag>``, ``group_weight/<group>``, ``group_loss/<group>`` (groups absent from the batch
     are skipped) at ``engine.state.iteration``.
 
@@ -332,11 +346,13 @@ class GroupScalarWriter:
         )
         weights = getattr(engine.state, "group_weights", None)
         losses = getattr(engine.state, "group_losses", None)
+        weights = None if weights is None else torch.as_tensor(weights).tolist()  # one copy from the device
+        losses = None if losses is None else torch.as_tensor(losses).tolist()
         for index, group in enumerate(self.group_names):
             if weights is not None:
-                writer.add_scalar(f"group_weight/{group}", float(weights[index]), step)
-            if losses is not None and not math.isnan(float(losses[index])):
-                writer.add_scalar(f"group_loss/{group}", float(losses[index]), step)
+                writer.add_scalar(f"group_weight/{group}", weights[index], step)
+            if losses is not None and not math.isnan(losses[index]):
+                writer.add_scalar(f"group_loss/{group}", losses[index], step)
         writer.flush()
 
 
@@ -347,26 +363,76 @@ def loss_from_output(output: Any) -> Any:
     return output[Keys.LOSS]
 
 
-class MetricsReport:
-    """Write an evaluator's metrics to JSON after every evaluation and log a summary table.
+class AttachMetrics:
+    """Attach Ignite metrics to an evaluator without making one of them its key metric.
 
-    Attach to the evaluator. After each evaluation it writes ``filepath`` with the latest
-    metrics, the best key metric so far and its epoch, and ``extra`` (e.g. the run's mode and
-    split), and logs one table line per group:
-    ``group | <metric columns>`` built from metrics named ``<prefix>_<group>``. The best score
-    is this object's state: put it in the training checkpoint and a resumed run keeps it.
-    Under ``torch.distributed`` only rank 0 writes and logs.
+    MONAI's evaluators register metrics only together with a ``key_val_metric``, and then keep and
+    log the best epoch by it. An evaluator of held-out *test* data must rank nothing: put this
+    handler first in its ``val_handlers`` (so the metrics are computed before the other handlers
+    read them) and give the evaluator no ``key_val_metric``.
+
+    Args:
+        metrics: metric name -> Ignite metric, e.g. ``{"test_worst_group_acc": GroupAccuracy(...)}``.
+
+    Raises:
+        TypeError: ``metrics`` is not a mapping of names to Ignite metrics.
+
+    Example (bundle config)::
+
+        "handlers": [{"_target_": "mnms_groupdistil.handlers.AttachMetrics", "metrics": "@test#metrics"}, ...]
+    """
+
+    def __init__(self, metrics: Mapping[str, Metric]) -> None:
+        if not isinstance(metrics, Mapping) or not all(isinstance(m, Metric) for m in metrics.values()):
+            raise TypeError(f"metrics must map names to Ignite metrics, got {metrics!r}.")
+        self.metrics = dict(metrics)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach every metric under its name (Ignite's ``Metric.attach`` is idempotent)."""
+        for name, metric in self.metrics.items():
+            metric.attach(engine, name)
+
+
+class MetricsReport:
+    """Record every evaluation of a training run, write ``metrics.json`` and log a summary table.
+
+    Attach to each evaluator of the run, e.g. one on the test patients (metrics ``test_*``) and
+    one on validation patients (``val_*``). Under MONAI's ``ValidationHandler`` an evaluator's
+    ``engine.state.epoch`` is the trainer's epoch: the metrics of each evaluation are merged into
+    that epoch's entry of the ``history``, and after each evaluation ``filepath`` is rewritten with
+    ``extra`` and
+
+    - ``selection``: how the reported model was chosen, ``{"rule", "epoch", "checkpoint"}``. With
+      ``select_by=None`` the rule is ``"last_epoch"``: the last evaluated epoch and
+      ``final_checkpoint``. With ``select_by`` a metric name (higher is better), the rule is
+      ``"best_<select_by>"``: the first epoch with the highest finite value of that metric and
+      ``best_checkpoint`` (the same choice as a ``BestModelSaver`` keyed on that metric, which
+      replaces its model only with a strictly better one). Epochs that lack the metric are no
+      candidates. Left out when ``selection`` is False (an evaluation of a given checkpoint).
+    - ``metrics``: every metric of the reported epoch (null where a metric is not a number, e.g.
+      the accuracy of a group without patients); ``per_group``:
+      ``{group: {prefix: metrics["<prefix>_<group>"]}}`` for ``group_metric_prefixes``.
+    - ``history``: ``[{"epoch", "metrics"}, ...]``, every evaluated epoch.
+
+    The table logged after each evaluation has one row per group and one column per prefix with
+    values at that epoch. The history is this object's state: put it in the training checkpoint
+    and a resumed run keeps it. Under ``torch.distributed`` only rank 0 writes and logs.
 
     Args:
         filepath: where to write the JSON (parent folders are created).
         group_names: one name per group id.
         group_metric_prefixes: metric names whose ``<prefix>_<group>`` entries fill the table
-            columns, e.g. ``["val_acc", "val_patient_acc"]``.
+            columns and ``per_group``, e.g. ``["test_acc", "test_patient_acc"]``.
         summary_metrics: scalar metrics shown under the table (e.g. worst-group accuracy).
-        extra: additional JSON fields.
-        key_metric: the metric whose best value (higher is better) is reported; default: the
-            evaluator's key metric.
+        extra: additional JSON fields (the run's mode, split, seeds...).
+        select_by: the metric that selects the reported epoch, or None for the last epoch.
+        final_checkpoint: file name of the last epoch's model.
+        best_checkpoint: file name of the model kept by ``select_by``.
+        selection: whether to report ``selection``.
         name: logger name.
+
+    Raises:
+        ValueError: ``select_by`` is given but ``selection`` is False.
     """
 
     def __init__(
@@ -376,63 +442,98 @@ class MetricsReport:
         group_metric_prefixes: Sequence[str] = (),
         summary_metrics: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
-        key_metric: str | None = None,
+        select_by: str | None = None,
+        final_checkpoint: str = "model_final.pt",
+        best_checkpoint: str = "model.pt",
+        selection: bool = True,
         name: str | None = None,
     ) -> None:
+        if select_by is not None and not selection:
+            raise ValueError(f"select_by={select_by!r} selects a model, but selection=False reports no selection.")
         self.filepath = Path(filepath)
         self.group_names = [str(g) for g in group_names]
         self.group_metric_prefixes = list(group_metric_prefixes)
         self.summary_metrics = list(summary_metrics)
-        self.key_metric = key_metric
         self.extra = dict(extra or {})
+        self.select_by = select_by
+        self.final_checkpoint = final_checkpoint
+        self.best_checkpoint = best_checkpoint
+        self.selection = selection
         self.logger = logging.getLogger(name or __name__)
-        self.best_metric: float | None = None
-        self.best_metric_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
         if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def state_dict(self) -> dict[str, Any]:
-        """The best key metric so far and its epoch (plain numbers: loads with ``weights_only``)."""
-        return {"best_metric": self.best_metric, "best_metric_epoch": self.best_metric_epoch}
+        """The evaluations so far (plain numbers: loads with ``weights_only``)."""
+        return {"history": [{"epoch": e["epoch"], "metrics": dict(e["metrics"])} for e in self.history]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.best_metric = state_dict.get("best_metric")
-        self.best_metric_epoch = state_dict.get("best_metric_epoch")
+        self.history = [
+            {"epoch": int(e["epoch"]), "metrics": dict(e["metrics"])} for e in state_dict.get("history", [])
+        ]
+
+    def selected(self) -> dict[str, Any] | None:
+        """The history entry of the reported epoch, or None when no epoch qualifies yet."""
+        if self.select_by is None:
+            return max(self.history, key=lambda e: e["epoch"], default=None)
+        best = None
+        for entry in sorted(self.history, key=lambda e: e["epoch"]):
+            score = _finite_or_none(entry["metrics"].get(self.select_by))
+            if score is not None and (best is None or score > best[0]):
+                best = (score, entry)
+        return None if best is None else best[1]
+
+    def report(self) -> dict[str, Any]:
+        """The JSON content: ``extra``, ``selection``, ``metrics``, ``per_group``, ``history``."""
+        entry = self.selected()
+        metrics = dict(entry["metrics"]) if entry else {}
+        report = dict(self.extra)
+        if self.selection:
+            report["selection"] = {
+                "rule": "last_epoch" if self.select_by is None else f"best_{self.select_by}",
+                "epoch": entry["epoch"] if entry else None,
+                "checkpoint": self.final_checkpoint if self.select_by is None else self.best_checkpoint,
+            }
+        report["metrics"] = metrics
+        report["per_group"] = {
+            group: {prefix: metrics.get(f"{prefix}_{group}") for prefix in self.group_metric_prefixes}
+            for group in self.group_names
+        }
+        report["history"] = sorted(self.history, key=lambda e: e["epoch"])
+        return report
 
     def epoch_completed(self, engine: Engine) -> None:
-        metrics = {k: float(v) for k, v in engine.state.metrics.items() if _is_number(v)}
-        key = self.key_metric or getattr(engine.state, "key_metric_name", None)
-        score = _finite_or_none(metrics.get(key)) if key else None
-        if score is not None and (self.best_metric is None or score > self.best_metric):
-            self.best_metric, self.best_metric_epoch = score, int(engine.state.epoch)
+        epoch = int(engine.state.epoch)
+        # not-a-number (a group without patients) is written as null: metrics.json stays strict JSON
+        metrics = {k: _finite_or_none(v) for k, v in engine.state.metrics.items() if _is_number(v)}
+        entry = next((e for e in self.history if e["epoch"] == epoch), None)
+        if entry is None:
+            entry = {"epoch": epoch, "metrics": {}}
+            self.history.append(entry)
+        entry["metrics"].update(metrics)
         if idist.get_rank() != 0:
             return
-        report = {
-            **self.extra,
-            "epoch": int(engine.state.epoch),
-            "metrics": metrics,
-            "per_group": {
-                group: {prefix: metrics.get(f"{prefix}_{group}") for prefix in self.group_metric_prefixes}
-                for group in self.group_names
-            },
-            "key_metric": key,
-            "best_metric": self.best_metric,
-            "best_metric_epoch": self.best_metric_epoch,
-        }
+        report = self.report()
         self.filepath.parent.mkdir(parents=True, exist_ok=True)
         self.filepath.write_text(json.dumps(report, indent=2))
-        self.logger.info("\n" + self.table(metrics))
+        lines = [f"Epoch {epoch}:", self.table(entry["metrics"])]
+        if "selection" in report:
+            chosen = report["selection"]
+            lines.append(f"reported model ({chosen['rule']}): epoch {chosen['epoch']}, {chosen['checkpoint']}")
+        self.logger.info("\n".join(lines))
 
     def table(self, metrics: dict[str, float]) -> str:
-        """A plain-text table: one row per group, one column per metric prefix, then the summaries."""
-        header = ["group", *self.group_metric_prefixes]
-        rows = [[g, *(_fmt(metrics.get(f"{p}_{g}")) for p in self.group_metric_prefixes)] for g in self.group_names]
+        """A plain-text table: one row per group, one column per metric prefix present, then the summaries."""
+        prefixes = [p for p in self.group_metric_prefixes if any(f"{p}_{g}" in metrics for g in self.group_names)]
+        header = ["group", *prefixes]
+        rows = [[g, *(_fmt(metrics.get(f"{p}_{g}")) for p in prefixes)] for g in self.group_names]
         widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
         lines = [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
         lines.insert(1, "-+-".join("-" * w for w in widths))
-        lines += [f"{name}: {_fmt(metrics.get(name))}" for name in self.summary_metrics]
+        lines += [f"{name}: {_fmt(metrics.get(name))}" for name in self.summary_metrics if name in metrics]
         return "\n".join(lines)
 
 

@@ -1,52 +1,80 @@
-"""Inference on cine MRI volumes without labels: find the volumes, write per-patient predictions.
+"""Inference without labels: find the inputs, write the predictions to CSV.
+
+Cine MRI (M&Ms bundle): per-patient predictions from 4D volumes (NIfTI or DICOM). Natural images
+(Waterbirds bundle): one prediction per image (:class:`ImagePredictionWriter`).
 
 The bundle's ``inference.json`` classifies every slice at every (``frame_stride``-th) frame of each
 4D volume and combines a volume's frames by majority vote, as the evaluation does per patient.
+
+This module and the modules it imports (relatively) are copied verbatim into an exported bundle's
+``scripts/`` folder (:mod:`mnms_groupdistil.export`), where they run without this package: they import
+only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import os
 import re
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.config import KeysCollection
 from monai.handlers import from_engine
+from monai.transforms import MapTransform
 
-from mnms_groupdistil.data.mnms import cine_volume_problems
-from mnms_groupdistil.errors import InputError
-from mnms_groupdistil.metrics import majority_vote
+from .data.nifti import cine_volume_problems
+from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
+from .errors import InputError
+from .metrics import majority_vote
+from .transforms import LoadCineVolume
 
-__all__ = ["PatientPredictionWriter", "find_cine_volumes"]
+__all__ = ["ImagePredictionWriter", "LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
+
+
+def _dicom_folders(root: Path) -> list[Path]:
+    """Folders at or below ``root`` that directly hold at least one DICOM file."""
+    folders = []
+    for folder, _, names in os.walk(root):
+        if any(is_dicom_file(os.path.join(folder, n)) for n in sorted(names)):
+            folders.append(Path(folder))
+    return sorted(folders)
 
 
 def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[dict[str, Any]]:
-    """Records of the 4D cine volumes at ``path``: one NIfTI file, or every ``pattern`` file below a folder.
+    """Records of the cine volumes at ``path``: a NIfTI file, a DICOM series folder, or a folder of either.
 
-    The subject is the file name up to ``_sa`` (``A0S9V9_sa.nii.gz`` -> ``A0S9V9``); the slice and
-    frame counts come from the header. Each file gets the checks of the training data
-    (:func:`mnms_groupdistil.data.mnms.cine_volume_problems`).
+    A folder is searched for ``pattern`` NIfTI files (the subject is the file name up to ``_sa``:
+    ``A0S9V9_sa.nii.gz`` -> ``A0S9V9``) and for DICOM series (every folder directly holding DICOM files is one
+    cine series, see :func:`mnms_groupdistil.dicom.dicom_series_info`; the subject is the folder name). Each
+    NIfTI file gets the checks of the training data (:func:`mnms_groupdistil.data.nifti.cine_volume_problems`),
+    each DICOM series the checks of its headers. The vendor comes from a DICOM series' Manufacturer tag and is
+    empty for NIfTI files, whose headers do not carry it.
 
     Returns:
-        ``[{"subject", "image", "num_slices", "num_frames"}, ...]`` sorted by path.
+        ``[{"subject", "image", "num_slices", "num_frames", "vendor", "manufacturer"}, ...]``: NIfTI files sorted
+        by path, then DICOM folders sorted by path.
 
     Raises:
-        InputError: (a ``ValueError``) no volume found, or a file that is unreadable, not 4D or truncated (all such files
-            listed).
+        InputError: (a ``ValueError``) nothing found, or a file or series that is unreadable, not 4D, truncated
+            or incomplete (all such inputs listed).
     """
     path = Path(path).expanduser()
     if path.is_file():
-        files = [path]
+        files, folders = [path], []
     elif path.is_dir():
-        files = sorted(path.rglob(pattern))
+        files, folders = sorted(path.rglob(pattern)), _dicom_folders(path)
     else:
-        raise InputError(f"{path} does not exist: pass a 4D NIfTI file or a folder of '{pattern}' files.")
-    if not files:
-        raise InputError(f"no '{pattern}' file found below {path}.")
+        raise InputError(
+            f"{path} does not exist: pass a 4D NIfTI file, a DICOM series folder or a folder holding either."
+        )
+    if not files and not folders:
+        raise InputError(f"no '{pattern}' file and no DICOM file found below {path}.")
     records, problems = [], []
     for file in files:
         subject = re.sub(r"(_sa)?\.nii(\.gz)?$", "", file.name)
@@ -55,26 +83,95 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
             problems += [f"{file} (subject {subject}): {p}" for p in file_problems]
             continue
         records.append(
-            {"subject": subject, "image": str(file.resolve()), "num_slices": shape[2], "num_frames": shape[3]}
+            {
+                "subject": subject,
+                "image": str(file.resolve()),
+                "num_slices": shape[2],
+                "num_frames": shape[3],
+                "vendor": "",
+                "manufacturer": "",
+            }
+        )
+    for folder in folders:
+        try:
+            info = dicom_series_info(folder)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        records.append(
+            {
+                "subject": folder.name,
+                "image": str(folder.resolve()),
+                "num_slices": info["num_slices"],
+                "num_frames": info["num_frames"],
+                "vendor": info["vendor"],
+                "manufacturer": info["manufacturer"],
+            }
         )
     if problems:
         raise InputError(problems, header="cannot run inference on:")
     return records
 
 
+class LoadCineInputd(MapTransform):
+    """Load a cine input as ``(X, Y, Z, T)``: a NIfTI file as the training does, a DICOM series folder alike.
+
+    A file goes through :class:`mnms_groupdistil.transforms.LoadCineVolume` (nibabel, stored voxel order), a
+    folder through :class:`mnms_groupdistil.dicom.LoadDicomCine` (slices by position, phases by trigger time).
+    The voxel spacing goes under ``spacing_key``.
+
+    Args:
+        keys: keys of the paths to load.
+        spacing_key: key to write the spacing (mm) under; None to not write it.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "image", spacing_key: Hashable | None = "spacing", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.spacing_key = spacing_key
+        self.volume_loader = LoadCineVolume()
+        self.series_loader = LoadDicomCine()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every key of ``data``.
+
+        Raises:
+            ValueError: an unreadable input, prefixed with the subject when ``data`` has one.
+        """
+        d = dict(data)
+        for key in self.key_iterator(d):
+            try:
+                if Path(d[key]).is_dir():
+                    d[key], info = self.series_loader.load(d[key])
+                    spacing = info["spacing"]
+                else:
+                    d[key], spacing = self.volume_loader.load(d[key])
+            except ValueError as e:
+                raise ValueError(f"subject {d.get('subject')!r}: {e}") from e
+            if self.spacing_key is not None:
+                d[self.spacing_key] = tuple(spacing)
+        return d
+
+
 class PatientPredictionWriter:
     """Collect an evaluator's frame predictions and write one prediction per patient to CSV.
 
-    Columns: ``subject, prediction, frames``, then ``votes_<class>`` and ``mean_probability_<class>``
+    Columns: ``subject``, ``prediction``, ``frames``, the ``info_keys`` (by default the vendor code and
+    the DICOM manufacturer; empty for NIfTI input), then ``votes_<class>`` and ``mean_probability_<class>``
     for every class. The prediction is the majority vote over the patient's frames (ties go to the
     larger summed probability). A ``frame_predictions.csv`` beside it holds every frame's
-    probabilities, slice and frame index.
+    probabilities, slice and frame index. The time from the start to the end of the evaluator's run
+    (preprocessing and network, the volumes already read) is logged as volumes and frames per second.
 
     Args:
         filepath: the per-patient CSV to write (parent folders are created).
         class_names: one name per output channel.
         output_transform: engine output -> per-frame logits.
         batch_transform: engine batch -> ``(subject, slice, frame)``.
+        info_keys: batch keys holding per-patient text written beside each prediction (absent keys are
+            written empty).
         name: logger name.
     """
 
@@ -84,6 +181,105 @@ class PatientPredictionWriter:
         class_names: Sequence[str],
         output_transform: Callable = from_engine(["pred"]),
         batch_transform: Callable = from_engine(["subject", "slice", "frame"]),
+        info_keys: Sequence[str] = ("vendor", "manufacturer"),
+        name: str | None = None,
+    ) -> None:
+        self.filepath = Path(filepath)
+        self.class_names = [str(c) for c in class_names]
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.info_keys = [str(k) for k in info_keys]
+        self.logger = logging.getLogger(name or __name__)
+        self._rows: list[tuple[str, int, int, torch.Tensor]] = []
+        self._info: dict[str, list[str]] = {}
+        self._started = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        for event, handler in (
+            (Events.EPOCH_STARTED, self.epoch_started),
+            (Events.ITERATION_COMPLETED, self.iteration_completed),
+            (Events.EPOCH_COMPLETED, self.epoch_completed),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._rows, self._info = [], {}
+        self._started = time.perf_counter()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        logits = self.output_transform(engine.state.output)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
+        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
+        subjects, slices, frames = self.batch_transform(engine.state.batch)
+        batch = engine.state.batch  # a collated dict, or a list of dicts once decollated
+        info = [[""] * len(subjects) if values is None else [str(v) for v in values] for values in (
+            batch.get(k) if isinstance(batch, Mapping) else [item.get(k, "") for item in batch] for k in self.info_keys
+        )]
+        for i, (subject, z, t, p) in enumerate(zip(subjects, slices, frames, probabilities)):
+            self._rows.append((str(subject), int(z), int(t), p))
+            self._info.setdefault(str(subject), [values[i] for values in info])
+
+    def epoch_completed(self, engine: Engine) -> None:
+        by_subject: dict[str, list[torch.Tensor]] = {}
+        for subject, _, _, p in self._rows:
+            by_subject.setdefault(subject, []).append(p)
+        self.filepath.parent.mkdir(parents=True, exist_ok=True)
+        seconds = time.perf_counter() - self._started
+        header = ["subject", "prediction", "frames", *self.info_keys]
+        header += [f"votes_{c}" for c in self.class_names] + [f"mean_probability_{c}" for c in self.class_names]
+        lines = []
+        with open(self.filepath, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for subject, rows in by_subject.items():
+                probabilities = torch.stack(rows)
+                votes = torch.bincount(probabilities.argmax(dim=1), minlength=len(self.class_names)).tolist()
+                mean = probabilities.mean(dim=0).tolist()
+                prediction = self.class_names[majority_vote(probabilities)]
+                info = self._info[subject]
+                writer.writerow([subject, prediction, len(rows), *info, *votes, *(f"{m:.4f}" for m in mean)])
+                lines.append(f"{subject}: {prediction} ({len(rows)} frames, votes {votes})")
+        with open(self.filepath.with_name("frame_predictions.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["subject", "slice", "frame", *(f"probability_{c}" for c in self.class_names)])
+            for subject, z, t, p in self._rows:
+                writer.writerow([subject, z, t, *(f"{v:.4f}" for v in p.tolist())])
+        self.logger.info("wrote %s\n%s", self.filepath, "\n".join(lines))
+        self.logger.info(
+            "classified %d volumes (%d frames) in %.2f s: %.2f volumes/s, %.1f frames/s (reading the volumes "
+            "before the run not counted)",
+            len(by_subject),
+            len(self._rows),
+            seconds,
+            len(by_subject) / max(seconds, 1e-9),
+            len(self._rows) / max(seconds, 1e-9),
+        )
+
+
+class ImagePredictionWriter:
+    """Collect an evaluator's predictions and write one row per image to CSV.
+
+    Columns: ``image`` (the record's identifier, e.g. its path relative to the input folder),
+    ``prediction`` (the class with the largest probability) and ``probability_<class>`` for every
+    class.
+
+    Args:
+        filepath: the CSV to write (parent folders are created).
+        class_names: one name per output channel.
+        output_transform: engine output -> per-image logits.
+        batch_transform: engine batch -> per-image identifiers.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        filepath: str | Path,
+        class_names: Sequence[str],
+        output_transform: Callable = from_engine(["pred"]),
+        batch_transform: Callable = from_engine(["subject"]),
         name: str | None = None,
     ) -> None:
         self.filepath = Path(filepath)
@@ -91,7 +287,7 @@ class PatientPredictionWriter:
         self.output_transform = output_transform
         self.batch_transform = batch_transform
         self.logger = logging.getLogger(name or __name__)
-        self._rows: list[tuple[str, int, int, torch.Tensor]] = []
+        self._rows: list[tuple[str, torch.Tensor]] = []
 
     def attach(self, engine: Engine) -> None:
         for event, handler in (
@@ -111,31 +307,17 @@ class PatientPredictionWriter:
             logits = logits[0]
         logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
         probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
-        subjects, slices, frames = self.batch_transform(engine.state.batch)
-        for subject, z, t, p in zip(subjects, slices, frames, probabilities):
-            self._rows.append((str(subject), int(z), int(t), p))
+        names = self.batch_transform(engine.state.batch)
+        if isinstance(names, tuple):
+            names = names[0]
+        self._rows += [(str(n), p) for n, p in zip(names, probabilities)]
 
     def epoch_completed(self, engine: Engine) -> None:
-        by_subject: dict[str, list[torch.Tensor]] = {}
-        for subject, _, _, p in self._rows:
-            by_subject.setdefault(subject, []).append(p)
         self.filepath.parent.mkdir(parents=True, exist_ok=True)
-        header = ["subject", "prediction", "frames"]
-        header += [f"votes_{c}" for c in self.class_names] + [f"mean_probability_{c}" for c in self.class_names]
-        lines = []
         with open(self.filepath, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(header)
-            for subject, rows in by_subject.items():
-                probabilities = torch.stack(rows)
-                votes = torch.bincount(probabilities.argmax(dim=1), minlength=len(self.class_names)).tolist()
-                mean = probabilities.mean(dim=0).tolist()
-                prediction = self.class_names[majority_vote(probabilities)]
-                writer.writerow([subject, prediction, len(rows), *votes, *(f"{m:.4f}" for m in mean)])
-                lines.append(f"{subject}: {prediction} ({len(rows)} frames, votes {votes})")
-        with open(self.filepath.with_name("frame_predictions.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["subject", "slice", "frame", *(f"probability_{c}" for c in self.class_names)])
-            for subject, z, t, p in self._rows:
-                writer.writerow([subject, z, t, *(f"{v:.4f}" for v in p.tolist())])
-        self.logger.info("wrote %s\n%s", self.filepath, "\n".join(lines))
+            writer.writerow(["image", "prediction", *(f"probability_{c}" for c in self.class_names)])
+            for image, p in self._rows:
+                writer.writerow([image, self.class_names[int(p.argmax())], *(f"{v:.4f}" for v in p.tolist())])
+        counts = {c: sum(int(p.argmax()) == i for _, p in self._rows) for i, c in enumerate(self.class_names)}
+        self.logger.info("wrote %s: %d images, %s", self.filepath, len(self._rows), counts)

@@ -38,6 +38,7 @@ __all__ = [
     "GroupWeightedLoss",
     "GroupWeights",
     "all_reduce_group_sums",
+    "count_groups",
     "cross_entropy_loss",
     "distillation_loss",
     "group_sums",
@@ -194,8 +195,46 @@ class DistillationLoss:
         return distillation_loss(student_logits, teacher_logits, target, self.temperature, self.alpha)
 
 
+def _check_group_ids(groups: torch.Tensor, num_groups: int, source: str) -> None:
+    """Raise ValueError when a group id of the host tensor ``groups`` is outside [0, num_groups)."""
+    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
+        raise ValueError(
+            f"{source}: group ids must lie in [0, {num_groups}), got values {sorted(set(groups.tolist()))}: "
+            "check num_groups against the dataset's groups."
+        )
+
+
+def count_groups(groups: Sequence[int] | torch.Tensor, num_groups: int, source: str = "groups") -> list[int]:
+    """Samples per group of a whole dataset, after checking every group id once.
+
+    The bundles call this when they build the group weights, so a bad group id is reported before
+    training instead of being checked again at every step (a check on an accelerator would wait for
+    the device each time).
+
+    Args:
+        groups: group id of every sample of the dataset.
+        num_groups: number of groups G.
+        source: what ``groups`` belong to, quoted in the error.
+
+    Returns:
+        ``[n_0, ..., n_{G-1}]``.
+
+    Raises:
+        ValueError: a group id is not an integer in [0, num_groups).
+    """
+    values = torch.as_tensor(groups).reshape(-1)
+    if values.is_floating_point() or values.dtype == torch.bool:
+        raise ValueError(f"{source}: group ids must be integers, got dtype {values.dtype}.")
+    values = values.to("cpu", torch.long)
+    _check_group_ids(values, num_groups, source)
+    return torch.bincount(values, minlength=num_groups).tolist()
+
+
 def group_sums(losses: torch.Tensor, groups: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-group sums of ``losses`` and sample counts, in one one-hot matrix product.
+
+    Group ids on the CPU are range-checked here; on an accelerator they are not (reading them back
+    would stall every step): check a dataset's ids once with :func:`count_groups`.
 
     Args:
         losses: per-sample losses of shape (B,).
@@ -206,17 +245,15 @@ def group_sums(losses: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
         ``(sums, counts)``, both of shape (G,); gradients flow through ``sums``.
 
     Raises:
-        ValueError: when shapes differ or a group index is out of range.
+        ValueError: when shapes differ or a group index on the CPU is out of range.
     """
     losses = _plain(losses)
-    groups = _plain(torch.as_tensor(groups, device=losses.device)).reshape(-1).long()
+    groups = _plain(torch.as_tensor(groups)).reshape(-1)
     if losses.ndim != 1 or groups.shape[0] != losses.shape[0]:
         raise ValueError(f"losses {tuple(losses.shape)} and groups {tuple(groups.shape)} must both have shape (B,).")
-    if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) >= num_groups):
-        raise ValueError(
-            f"group ids must lie in [0, {num_groups}), got values {sorted(set(groups.tolist()))}: "
-            "check num_groups against the dataset's groups."
-        )
+    if groups.device.type == "cpu":
+        _check_group_ids(groups, num_groups, "group_sums")
+    groups = groups.to(losses.device, torch.long, non_blocking=True)
     one_hot = F.one_hot(groups, num_groups).to(losses.dtype)  # (B, G)
     return one_hot.t() @ losses, one_hot.sum(dim=0)
 
@@ -239,8 +276,11 @@ class GroupWeights:
     Weights start uniform. :meth:`update` applies ``w_d <- w_d * exp(eta * (l_d + C / sqrt(n_d)))``
     to the groups present in a batch (absent groups keep their unnormalised weight) and
     renormalises to sum 1. The update is done on ``log w`` with a log-sum-exp normalisation, so a
-    long run cannot overflow. The state is plain tensors (``state_dict``), so checkpoints holding
-    it load with ``torch.load(..., weights_only=True)``.
+    long run cannot overflow. The weights live on the device of the losses they are updated with
+    (moved there at the first update), so a training step never waits for a copy to the host.
+    :meth:`state_dict` gives plain CPU tensors, so checkpoints holding it load with
+    ``torch.load(..., weights_only=True)`` on any machine; :meth:`load_state_dict` accepts them
+    from any device.
 
     Args:
         num_groups: number of groups G (>= 1).
@@ -285,8 +325,19 @@ class GroupWeights:
 
     @property
     def weights(self) -> torch.Tensor:
-        """Current group weights, shape (G,), summing to 1 (float64, on the CPU)."""
+        """Current group weights, shape (G,), summing to 1 (float64, on :attr:`device`)."""
         return self.log_weights.exp()
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are: the CPU until the first update, then the device of the losses."""
+        return self.log_weights.device
+
+    def to(self, device: str | torch.device) -> GroupWeights:
+        """Move the weights to ``device`` (in place); returns self."""
+        self.log_weights = self.log_weights.to(device)
+        self.adjustments = self.adjustments.to(device)
+        return self
 
     def update(self, group_losses: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """One exponentiated-gradient step.
@@ -299,8 +350,11 @@ class GroupWeights:
         Returns:
             The updated weights, shape (G,).
         """
-        group_losses = _plain(group_losses).detach().to("cpu", torch.float64).reshape(-1)
-        present = _plain(present).to("cpu").reshape(-1).bool()
+        group_losses = _plain(group_losses).detach().reshape(-1)
+        if group_losses.device != self.device:
+            self.to(group_losses.device)
+        group_losses = group_losses.to(torch.float64)
+        present = _plain(present).to(self.device, non_blocking=True).reshape(-1).bool()
         if group_losses.shape[0] != self.num_groups or present.shape[0] != self.num_groups:
             raise ValueError(
                 f"expected {self.num_groups} group losses and flags, "
@@ -313,8 +367,8 @@ class GroupWeights:
         return self.weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Plain tensors only, so the checkpoint loads with ``weights_only=True``."""
-        return {"log_weights": self.log_weights.clone(), "num_updates": self.num_updates.clone()}
+        """Plain CPU tensors only, so the checkpoint loads with ``weights_only=True`` on any machine."""
+        return {"log_weights": self.log_weights.detach().to("cpu", copy=True), "num_updates": self.num_updates.clone()}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Restore weights saved by :meth:`state_dict`.
@@ -324,7 +378,7 @@ class GroupWeights:
         """
         if "log_weights" not in state_dict:
             raise ValueError(f"group weights state needs a 'log_weights' entry, got keys {sorted(state_dict)}.")
-        log_weights = _plain(state_dict["log_weights"]).to("cpu", torch.float64).reshape(-1)
+        log_weights = _plain(state_dict["log_weights"]).to(self.device, torch.float64).reshape(-1)
         if log_weights.shape[0] != self.num_groups:
             raise ValueError(
                 f"checkpoint holds weights for {log_weights.shape[0]} groups, this run has {self.num_groups}: "

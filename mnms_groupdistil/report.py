@@ -3,7 +3,9 @@
     python -m mnms_groupdistil.report runs/teacher runs/kd runs/groupdistil --png runs/summary.png
 
 Each run directory holds the ``metrics.json`` written by the bundles' ``MetricsReport`` handler and
-the TensorBoard event files of its trainer (for the group weights over training).
+the TensorBoard event files of its trainer (for the group weights over training). The figures are
+those of each run's reported model (``metrics.json``'s ``selection``: the last epoch unless the run
+had a validation set) on its test patients.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["accuracy_table", "load_run", "main", "plot_accuracies", "plot_group_weights", "read_group_weights"]
+__all__ = [
+    "accuracy_table",
+    "load_run",
+    "main",
+    "plot_accuracies",
+    "plot_group_weights",
+    "read_group_weights",
+    "selection_lines",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +53,29 @@ def _value(report: dict[str, Any], key: str) -> float | None:
 
 
 def accuracy_table(
-    reports: Sequence[dict[str, Any]], prefix: str = "val_acc", summaries: Sequence[str] = ("worst_group", "mean_group")
+    reports: Sequence[dict[str, Any]],
+    prefix: str = "test_acc",
+    summaries: Sequence[str] = ("worst_group", "mean_group"),
+    group_label: str = "vendor",
 ) -> str:
     """A text table: one row per group plus summary rows, one column per run.
 
     Args:
         reports: run reports from :func:`load_run`.
-        prefix: per-group metric prefix, ``val_acc`` (frames) or ``val_patient_acc`` (patients).
-        summaries: summary rows, looked up as ``val_<summary>_acc`` (frames) or
-            ``val_patient_<summary>_acc`` (patients).
+        prefix: per-group metric prefix, ``test_acc`` (frames) or ``test_patient_acc`` (patients);
+            ``val_acc`` / ``val_patient_acc`` for validation figures.
+        summaries: summary rows, looked up as ``<set>_<summary>_acc`` (frames) or
+            ``<set>_patient_<summary>_acc`` (patients), ``<set>`` being ``test`` or ``val`` as in ``prefix``.
+        group_label: word before each group name in the first column (``"vendor"`` for M&Ms; empty
+            for groups with descriptive names such as Waterbirds' ``landbird_water``).
     """
     groups: list[str] = []
     for report in reports:
         groups += [g for g in report.get("per_group", {}) if g not in groups]
     level = "patient_" if "patient" in prefix else ""
-    rows = [[f"vendor {g}", *(_fmt(_value(r, f"{prefix}_{g}")) for r in reports)] for g in groups]
-    rows += [[s.replace("_", "-"), *(_fmt(_value(r, f"val_{level}{s}_acc")) for r in reports)] for s in summaries]
+    part = prefix.split("_", 1)[0]
+    rows = [[f"{group_label} {g}".strip(), *(_fmt(_value(r, f"{prefix}_{g}")) for r in reports)] for g in groups]
+    rows += [[s.replace("_", "-"), *(_fmt(_value(r, f"{part}_{level}{s}_acc")) for r in reports)] for s in summaries]
     header = ["accuracy", *(r["name"] for r in reports)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
@@ -68,6 +85,20 @@ def accuracy_table(
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
+
+
+def selection_lines(reports: Sequence[dict[str, Any]]) -> str:
+    """One line per run: which model its figures are of, how it was chosen, and its test frames."""
+    lines = []
+    for report in reports:
+        chosen = report.get("selection") or {}
+        lines.append(
+            f"{report['name']}: {chosen.get('checkpoint', '?')} (rule {chosen.get('rule', '?')}, "
+            f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}, split {report.get('split', '?')} "
+            f"(split_seed {report.get('split_seed', '?')}), {report.get('test_subjects', '?')} test patients, "
+            f"test frames: {report.get('test_frames', '?')}"
+        )
+    return "\n".join(lines)
 
 
 def read_group_weights(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
@@ -85,7 +116,7 @@ def read_group_weights(run_dir: str | Path) -> dict[str, list[tuple[int, float]]
     return {group: sorted(points.items()) for group, points in sorted(series.items())}
 
 
-def plot_accuracies(reports: Sequence[dict[str, Any]], path: str | Path, prefix: str = "val_acc") -> Path:
+def plot_accuracies(reports: Sequence[dict[str, Any]], path: str | Path, prefix: str = "test_acc") -> Path:
     """Grouped bar chart of per-group accuracy per run, saved as PNG."""
     import matplotlib
 
@@ -141,14 +172,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (output_dir of each training)")
     parser.add_argument("--png", help="write per-group accuracy bars here, and group weights next to it")
+    parser.add_argument(
+        "--dataset", choices=("mnms", "waterbirds"), default="mnms", help="which bundle's runs (table layout)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reports = [load_run(d) for d in args.runs]
-    logger.info("Held-out accuracy (%%) per vendor, frames (every slice at ED and ES):\n%s\n", accuracy_table(reports))
+    if args.dataset == "waterbirds":
+        lines = []
+        for report in reports:
+            chosen = report.get("selection") or {}
+            lines.append(
+                f"{report['name']}: {chosen.get('checkpoint', '?')} (rule {chosen.get('rule', '?')}, "
+                f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}"
+            )
+        logger.info("Reported models:\n%s\n", "\n".join(lines))
+        summaries = ("worst_group", "adjusted_average", "mean_group", "average")
+        for part, name in (("test", "Test"), ("val", "Validation")):
+            table = accuracy_table(reports, prefix=f"{part}_acc", summaries=summaries, group_label="")
+            logger.info("%s accuracy (%%) per group:\n%s\n", name, table)
+        return 0
+    logger.info("Reported models:\n%s\n", selection_lines(reports))
+    logger.info("Test accuracy (%%) per vendor, frames:\n%s\n", accuracy_table(reports))
     logger.info(
-        "Held-out accuracy (%%) per vendor, patients (majority over frames):\n%s\n",
-        accuracy_table(reports, prefix="val_patient_acc"),
+        "Test accuracy (%%) per vendor, patients (majority over frames):\n%s\n",
+        accuracy_table(reports, prefix="test_patient_acc"),
     )
+    if any(r.get("metrics", {}).get("val_worst_group_acc") is not None for r in reports):
+        logger.info("Validation accuracy (%%) per vendor, frames:\n%s\n", accuracy_table(reports, prefix="val_acc"))
     if args.png:
         png = Path(args.png)
         png.parent.mkdir(parents=True, exist_ok=True)

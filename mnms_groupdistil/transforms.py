@@ -11,8 +11,13 @@ channel-first float32 tensor ``(1, X, Y)`` that never shares memory with the cac
 * :class:`RandCineFramed`: draw ``z`` and ``t`` (uniformly, or ``t`` from {ED, ES}), record them in the
   dictionary and select the frame with :class:`SelectCineFramed`.
 
-Intensity scaling, rotation, flipping and padding/cropping are left to MONAI's own dictionary transforms
-(``ScaleIntensityRangePercentilesd``, ``RandRotated``, ``RandFlipd``, ``ResizeWithPadOrCropd``, ...).
+* :class:`VolumePercentiles` / :class:`VolumePercentilesd`: the intensity percentiles of a whole 4D volume,
+  computed once when the volume is loaded (and cached with it).
+* :class:`RescaleIntensity` / :class:`RescaleIntensityd`: clip a frame to those percentiles and rescale it
+  (the per-frame cost is one clip and one multiply-add; no percentile is computed per frame).
+
+Rotation, flipping and padding/cropping are left to MONAI's own dictionary transforms
+(``RandRotated``, ``RandFlipd``, ``ResizeWithPadOrCropd``, ...).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
+from .data.nifti import nifti_data_problem
+
 __all__ = [
     "BACKENDS",
     "LoadCineVolume",
@@ -35,6 +42,10 @@ __all__ = [
     "SelectCineFramed",
     "RandCineFramed",
     "CINE_FRAME_MODES",
+    "VolumePercentiles",
+    "VolumePercentilesd",
+    "RescaleIntensity",
+    "RescaleIntensityd",
 ]
 
 #: Backends accepted by :class:`LoadCineVolume`.
@@ -46,55 +57,6 @@ CINE_FRAME_MODES = ("random", "ed_es")
 def _spacing_from_affine(affine: np.ndarray) -> tuple[float, float, float]:
     """Voxel size (mm) along the three voxel axes: the column norms of the affine's 3x3 block."""
     return tuple(float(v) for v in np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0)))
-
-
-def _check_nifti_size(path: str) -> None:
-    """Raise ValueError when a NIfTI file holds fewer data bytes than its header announces.
-
-    SimpleITK/ITK silently zero-fills the missing voxels of a truncated NIfTI file, so the SimpleITK backend checks
-    the size itself: the file size for ``.nii``, the gzip trailer (then, if that disagrees, a streamed count of the
-    decompressed bytes) for ``.nii.gz``. Files that nibabel does not recognise as NIfTI are not checked.
-    """
-    import gzip
-    import zlib
-
-    import nibabel as nib
-
-    try:
-        img = nib.load(path)
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            return
-        hdr = img.header
-        # the in-memory header's vox_offset is reset by nibabel; the array proxy keeps the file's data offset
-        expected = int(img.dataobj.offset) + int(np.prod(hdr.get_data_shape(), dtype=np.int64)) * int(
-            hdr.get_data_dtype().itemsize
-        )
-    except Exception:  # not something nibabel understands: leave the checks to ITK
-        return
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic != b"\x1f\x8b":
-        actual = os.path.getsize(path)
-    else:
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            isize = int.from_bytes(f.read(4), "little")
-        if isize == expected % (1 << 32):
-            return
-        actual = 0
-        try:
-            with gzip.open(path, "rb") as g:
-                while chunk := g.read(1 << 22):
-                    actual += len(chunk)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(
-                f"cannot load cine volume {path!r}: damaged gzip stream ({type(e).__name__}: {e})."
-            ) from None
-    if actual < expected:
-        raise ValueError(
-            f"cannot load cine volume {path!r}: the file is truncated ({actual} bytes of header + data, "
-            f"the header announces {expected})."
-        )
 
 
 class LoadCineVolume(Transform):
@@ -219,7 +181,9 @@ class LoadCineVolume(Transform):
             last = [line.strip() for line in msg.strip().splitlines() if line.strip()]
             reason = last[-1] if last else "unknown error"
             raise ValueError(f"cannot load cine volume {path!r} with SimpleITK: {reason}") from None
-        _check_nifti_size(path)  # ITK zero-fills truncated NIfTI data silently
+        problem = nifti_data_problem(path)  # ITK zero-fills the missing voxels of a truncated file
+        if problem is not None:
+            raise ValueError(f"cannot load cine volume {path!r}: {problem}.")
         dim = img.GetDimension()
         if dim != 4 or img.GetNumberOfComponentsPerPixel() != 1:
             raise ValueError(
@@ -500,3 +464,130 @@ class RandCineFramed(RandomizableTransform, MapTransform):
         d[self.slice_key] = self._slice
         d[self.frame_key] = self._frame
         return self.select(d)
+
+
+def _check_percentiles(lower: float, upper: float) -> tuple[float, float]:
+    if not 0.0 <= float(lower) < float(upper) <= 100.0:
+        raise ValueError(f"intensity percentiles must satisfy 0 <= lower < upper <= 100, got {lower!r}, {upper!r}.")
+    return float(lower), float(upper)
+
+
+class VolumePercentiles(Transform):
+    """The ``lower`` and ``upper`` intensity percentiles of a whole volume (every slice and frame).
+
+    Percentiles as ``numpy.percentile`` (linear interpolation), the definition MONAI's
+    ``ScaleIntensityRangePercentiles`` uses for one image.
+
+    Args:
+        lower: lower percentile in [0, 100).
+        upper: upper percentile in (lower, 100].
+
+    Raises:
+        ValueError: percentiles out of order or out of [0, 100].
+    """
+
+    def __init__(self, lower: float = 1.0, upper: float = 99.0) -> None:
+        self.lower, self.upper = _check_percentiles(lower, upper)
+
+    def __call__(self, volume: np.ndarray | torch.Tensor) -> tuple[float, float]:
+        """Return ``(low, high)`` as Python floats."""
+        values = volume.detach().cpu().numpy() if isinstance(volume, torch.Tensor) else np.asarray(volume)
+        if values.size == 0:
+            raise ValueError("VolumePercentiles got an empty volume.")
+        low, high = np.percentile(values, [self.lower, self.upper])
+        return float(low), float(high)
+
+
+class VolumePercentilesd(MapTransform):
+    """Dictionary wrapper of :class:`VolumePercentiles`: writes ``(low, high)`` under ``range_key``.
+
+    Put it after :class:`LoadCineVolumed` in the cached volume transform, so the percentiles of each
+    patient's 4D volume are computed once, and scale the frames with :class:`RescaleIntensityd`.
+
+    Args:
+        keys: the volume key (the first key present is used).
+        lower, upper: percentiles, see :class:`VolumePercentiles`.
+        range_key: where to write ``(low, high)``.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        lower: float = 1.0,
+        upper: float = 99.0,
+        range_key: Hashable = "intensity_range",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.percentiles = VolumePercentiles(lower, upper)
+        self.range_key = range_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.range_key] = self.percentiles(d[key])
+            break
+        return d
+
+
+class RescaleIntensity(Transform):
+    """Clip an image to ``[low, high]`` and map it linearly to ``[b_min, b_max]``.
+
+    ``b_min + (clip(x, low, high) - low) / (high - low) * (b_max - b_min)``; a constant volume
+    (``high == low``) maps to ``b_min``. Returns float32.
+
+    Args:
+        b_min, b_max: output range.
+    """
+
+    def __init__(self, b_min: float = 0.0, b_max: float = 1.0) -> None:
+        self.b_min, self.b_max = float(b_min), float(b_max)
+
+    def __call__(self, image: torch.Tensor | np.ndarray, low: float, high: float) -> torch.Tensor:
+        image = torch.as_tensor(image, dtype=torch.float32)
+        low, high = float(low), float(high)
+        if not high >= low:
+            raise ValueError(f"RescaleIntensity needs high >= low, got low={low}, high={high}.")
+        if high == low:
+            return torch.full_like(image, self.b_min)
+        scale = (self.b_max - self.b_min) / (high - low)
+        return (image.clamp(low, high) - low) * scale + self.b_min
+
+
+class RescaleIntensityd(MapTransform):
+    """Dictionary wrapper of :class:`RescaleIntensity` using the range stored under ``range_key``.
+
+    Args:
+        keys: keys of the images to rescale.
+        range_key: key of ``(low, high)``, e.g. written by :class:`VolumePercentilesd`.
+        b_min, b_max: output range.
+        allow_missing_keys: don't raise if a key is missing.
+
+    Raises:
+        ValueError: ``range_key`` is not in the data.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        range_key: Hashable = "intensity_range",
+        b_min: float = 0.0,
+        b_max: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.range_key = range_key
+        self.rescale = RescaleIntensity(b_min, b_max)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.range_key not in d:
+            raise ValueError(
+                f"RescaleIntensityd range_key={self.range_key!r} is not in the data (keys: {sorted(map(str, d))}); "
+                "add VolumePercentilesd to the volume transform."
+            )
+        low, high = d[self.range_key]
+        for key in self.key_iterator(d):
+            d[key] = self.rescale(d[key], low, high)
+        return d

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -9,7 +11,15 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, ResizeWithPadOrCropd, ScaleIntensityRangePercentilesd
 
-from mnms_groupdistil.data.frames import CineFrameDataset, ed_es_frames, random_frames
+from mnms_groupdistil.data.frames import (
+    CineFrameDataset,
+    all_frames,
+    ed_es_frames,
+    evaluation_frames,
+    fixed_random_frames,
+    random_frames,
+)
+from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.transforms import LoadCineVolumed, RandCineFramed, SelectCineFramed
 
 
@@ -91,6 +101,45 @@ def test_ed_es_frames(records):
     no_slices = {k: v for k, v in records[0].items() if k != "num_slices"}
     with pytest.raises(ValueError, match="num_slices"):
         ed_es_frames([no_slices])
+
+
+def test_fixed_random_frames_are_distinct_fixed_and_per_patient(records):
+    frames = fixed_random_frames(records, frames_per_patient=6, seed=3)
+    assert len(frames) == 18
+    for i, (subject, nz, nt, *_rest) in enumerate(SPECS):
+        own = frames[6 * i : 6 * (i + 1)]
+        assert all(f["volume"] == i and f["subject"] == subject and f["group"] == records[i]["group"] for f in own)
+        pairs = [(f["slice"], f["frame"]) for f in own]
+        assert len(set(pairs)) == 6, pairs  # 15, 8 and 24 (slice, frame) pairs: drawn without replacement
+        assert all(0 <= z < nz and 0 <= t < nt for z, t in pairs)
+        assert pairs == sorted(pairs, key=lambda p: (p[1], p[0]))
+        # the documented draw: numpy's generator seeded by (seed, crc32(subject)) picks k in [0, Z*T),
+        # k -> (slice k mod Z, frame k div Z)
+        drawn = np.random.default_rng([3, zlib.crc32(subject.encode())]).choice(nz * nt, size=6, replace=False)
+        assert set(pairs) == {(int(k) % nz, int(k) // nz) for k in drawn}
+        # a patient's frames do not depend on the other patients
+        alone = fixed_random_frames([records[i]], frames_per_patient=6, seed=3)
+        assert [(f["slice"], f["frame"]) for f in alone] == pairs
+    assert fixed_random_frames(records, 6, 3) == frames  # the same every call (every epoch, every run)
+    assert fixed_random_frames(records, 6, 4) != frames
+    # 10 frames from a patient with 2 x 4 = 8 pairs: with replacement, all in range
+    many = fixed_random_frames([records[1]], frames_per_patient=10, seed=0)
+    assert len(many) == 10 and all(0 <= f["slice"] < 2 and 0 <= f["frame"] < 4 for f in many)
+    with pytest.raises(ValueError, match="seed=-1"):
+        fixed_random_frames(records, 2, -1)
+    with pytest.raises(ValueError, match="frames_per_patient=0"):
+        fixed_random_frames(records, 0)
+    with pytest.raises(ValueError, match="num_frames"):
+        fixed_random_frames([{k: v for k, v in records[0].items() if k != "num_frames"}])
+
+
+def test_evaluation_frames_by_name(records):
+    assert evaluation_frames(records, "random", 5, 2) == fixed_random_frames(records, 5, 2)
+    assert evaluation_frames(records, "ed_es") == ed_es_frames(records)
+    every = evaluation_frames(records, "all")
+    assert every == all_frames(records) and len(every) == 3 * 5 + 2 * 4 + 4 * 6
+    with pytest.raises(InputError, match="frames='ED_ES' .*test_frames.* must be one of random, ed_es, all"):
+        evaluation_frames(records, "ED_ES")
 
 
 def _volumes(records):

@@ -157,7 +157,7 @@ def test_checkpoint_round_trip_resumes_weights_and_epoch(tmp_path):
     assert epochs_run[1:] == [3]  # only the missing epoch runs
 
 
-def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
+def test_tensorboard_writer():
     class Recorder:
         def __init__(self):
             self.scalars = {}
@@ -179,24 +179,6 @@ def test_tensorboard_writer_and_metrics_report(tmp_path, caplog):
         assert len(recorder.scalars[f"group_weight/{g}"]) == n
     assert sum(len(recorder.scalars.get(f"group_loss/{g}", [])) for g in "ACD") == n  # one group per batch
 
-    report = MetricsReport(tmp_path / "out" / "metrics.json", ["A", "C"], ["val_acc"], ["val_worst"], {"mode": "x"})
-    engine = type("E", (), {})()
-    engine.state = type(
-        "S",
-        (),
-        {
-            "metrics": {"val_acc_A": 0.5, "val_acc_C": 1.0, "val_worst": 0.5, "d": {}},
-            "epoch": 4,
-            "key_metric_name": "val_worst",
-        },
-    )()
-    with caplog.at_level(logging.INFO):
-        report.epoch_completed(engine)
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["per_group"] == {"A": {"val_acc": 0.5}, "C": {"val_acc": 1.0}}
-    assert saved["mode"] == "x" and saved["epoch"] == 4
-    assert (saved["key_metric"], saved["best_metric"], saved["best_metric_epoch"]) == ("val_worst", 0.5, 4)
-    assert "val_worst: 0.500" in caplog.text and "C     | 1.000" in caplog.text
 
 
 def test_best_model_record_survives_a_restart(tmp_path):
@@ -235,24 +217,112 @@ def test_best_model_record_survives_a_restart(tmp_path):
     assert all(torch.equal(replaced[k], v) for k, v in restarted_net.state_dict().items())
 
 
-def test_metrics_report_keeps_the_best_score_across_a_restart(tmp_path):
-    def evaluate(report, epoch, score):
-        engine = Engine(lambda e, b: None)
-        engine.state.metrics = {"val_worst": score, "val_acc_A": score}
-        engine.state.epoch = epoch
-        engine.state.key_metric_name = "val_worst"
-        report.epoch_completed(engine)
-        return json.loads((tmp_path / "metrics.json").read_text())
+def _evaluation(report, epoch, metrics):
+    """One evaluation as MONAI's ValidationHandler runs it: the evaluator's epoch is the trainer's."""
+    engine = Engine(lambda e, b: None)
+    engine.state.metrics = dict(metrics)
+    engine.state.epoch = epoch
+    report.epoch_completed(engine)
+    return json.loads(report.filepath.read_text())
 
-    report = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"])
-    assert evaluate(report, 1, 0.6)["best_metric_epoch"] == 1
-    assert evaluate(report, 2, 0.8)["best_metric_epoch"] == 2
+
+def test_metrics_report_reports_the_last_epoch_without_selection(tmp_path, caplog):
+    report = MetricsReport(
+        tmp_path / "out" / "metrics.json",
+        ["A", "C"],
+        ["test_acc", "val_acc"],
+        ["test_worst"],
+        {"mode": "x", "seed": 3},
+    )
+    _evaluation(report, 1, {"test_acc_A": 0.9, "test_acc_C": 0.8, "test_worst": 0.8, "d": {}})
+    with caplog.at_level(logging.INFO):
+        saved = _evaluation(report, 2, {"test_acc_A": 0.5, "test_acc_C": float("nan"), "test_worst": 0.5})
+    # the last epoch is reported although epoch 1 scored higher: nothing is selected on test data
+    assert saved["selection"] == {"rule": "last_epoch", "epoch": 2, "checkpoint": "model_final.pt"}
+    assert saved["metrics"] == {"test_acc_A": 0.5, "test_acc_C": None, "test_worst": 0.5}
+    assert saved["per_group"] == {
+        "A": {"test_acc": 0.5, "val_acc": None},
+        "C": {"test_acc": None, "val_acc": None},
+    }
+    assert (saved["mode"], saved["seed"]) == ("x", 3)
+    assert [h["epoch"] for h in saved["history"]] == [1, 2]
+    assert saved["history"][0]["metrics"]["test_worst"] == 0.8
+    assert "test_worst: 0.500" in caplog.text and "C     | -" in caplog.text and "val_acc" not in caplog.text
+    assert "reported model (last_epoch): epoch 2, model_final.pt" in caplog.text
+
+
+def test_metrics_report_selects_by_validation_and_reports_that_epochs_test_figures(tmp_path):
+    report = MetricsReport(tmp_path / "metrics.json", ["A"], ["test_acc", "val_acc"], select_by="val_worst")
+    # per epoch: the test evaluator runs first, then the validation evaluator (as in train.json)
+    scores = {1: (0.9, 0.6), 2: (0.7, 0.8), 3: (0.95, 0.8), 4: (0.6, float("nan"))}  # epoch: (test, val)
+    for epoch, (test, val) in scores.items():
+        saved = _evaluation(report, epoch, {"test_worst": test, "test_acc_A": test})
+        saved = _evaluation(report, epoch, {"val_worst": val, "val_acc_A": val})
+    # val 0.8 first reached at epoch 2 (epoch 3 ties, not better; epoch 4 has no finite score)
+    assert saved["selection"] == {"rule": "best_val_worst", "epoch": 2, "checkpoint": "model.pt"}
+    assert saved["metrics"] == {"test_worst": 0.7, "test_acc_A": 0.7, "val_worst": 0.8, "val_acc_A": 0.8}
+    assert saved["per_group"] == {"A": {"test_acc": 0.7, "val_acc": 0.8}}
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3, 4]
+    assert saved["history"][3]["metrics"] == {
+        "test_worst": 0.6,
+        "test_acc_A": 0.6,
+        "val_worst": None,
+        "val_acc_A": None,
+    }
+
+
+def test_metrics_report_without_a_scored_epoch_reports_none(tmp_path):
+    report = MetricsReport(tmp_path / "metrics.json", ["A"], ["test_acc"], select_by="val_worst")
+    saved = _evaluation(report, 1, {"test_acc_A": 1.0})
+    assert saved["selection"] == {"rule": "best_val_worst", "epoch": None, "checkpoint": "model.pt"}
+    assert saved["metrics"] == {} and saved["per_group"] == {"A": {"test_acc": None}}
+    plain = MetricsReport(tmp_path / "evaluation.json", ["A"], ["test_acc"], selection=False)
+    assert "selection" not in _evaluation(plain, 1, {"test_acc_A": 1.0})
+    with pytest.raises(ValueError, match="select_by='val_worst'"):
+        MetricsReport(tmp_path / "x.json", ["A"], select_by="val_worst", selection=False)
+
+
+def test_metrics_report_keeps_its_history_across_a_restart(tmp_path):
+    report = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"], select_by="val_worst")
+    _evaluation(report, 1, {"val_worst": 0.6, "val_acc_A": 0.6})
+    _evaluation(report, 2, {"val_worst": 0.8, "val_acc_A": 0.8})
     state = torch.load(_saved(tmp_path, report.state_dict()), weights_only=True)
-    restarted = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"])
+    restarted = MetricsReport(tmp_path / "metrics.json", ["A"], ["val_acc"], select_by="val_worst")
     restarted.load_state_dict(state)
-    saved = evaluate(restarted, 3, 0.7)
-    assert (saved["best_metric"], saved["best_metric_epoch"], saved["metrics"]["val_worst"]) == (0.8, 2, 0.7)
-    assert evaluate(restarted, 4, 0.9)["best_metric_epoch"] == 4
+    saved = _evaluation(restarted, 3, {"val_worst": 0.7, "val_acc_A": 0.7})
+    assert saved["selection"]["epoch"] == 2 and saved["metrics"]["val_worst"] == 0.8
+    assert [h["epoch"] for h in saved["history"]] == [1, 2, 3]
+    assert _evaluation(restarted, 4, {"val_worst": 0.9})["selection"]["epoch"] == 4
+
+
+def test_attach_metrics_computes_metrics_without_a_key_metric():
+    from ignite.metrics import Accuracy
+    from monai.engines import SupervisedEvaluator
+
+    from mnms_groupdistil.handlers import AttachMetrics
+
+    data = [{"image": torch.tensor([1.0, 0.0]), "label": torch.tensor(0)}] * 2 + [
+        {"image": torch.tensor([0.0, 1.0]), "label": torch.tensor(0)}
+    ]
+    network = torch.nn.Identity()  # logits = inputs: predicts class 0, 0, 1
+    seen = []
+
+    class Probe:
+        def attach(self, engine):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))
+
+    accuracy = Accuracy(output_transform=lambda out: (out[0]["pred"][None], torch.as_tensor([out[0]["label"]])))
+    handlers = [AttachMetrics({"test_acc": accuracy}), Probe()]
+    evaluator = SupervisedEvaluator(
+        device="cpu", val_data_loader=DataLoader(data, batch_size=1), network=network, val_handlers=handlers
+    )
+    handlers[0].attach(evaluator)  # a second attach changes nothing
+    evaluator.run()
+    # handlers after AttachMetrics see the metric; no key metric, so no "best" epoch is kept
+    assert seen == [{"test_acc": pytest.approx(2 / 3)}]
+    assert evaluator.state.key_metric_name is None
+    with pytest.raises(TypeError, match="metrics must map names"):
+        AttachMetrics({"x": 1})
 
 
 def _saved(folder, state):

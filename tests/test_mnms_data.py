@@ -22,8 +22,10 @@ from mnms_groupdistil.data.mnms import (
     prepare_split,
     read_info_csv,
     select_split,
+    validation_count,
 )
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.errors import InputError
 
 REAL_HEADER = ",External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight"
 
@@ -311,11 +313,12 @@ PAPER_TABLE = {
 @pytest.mark.parametrize("split", ["split1", "split2"])
 def test_paper_splits_match_the_table(paper_records, split):
     before = copy.deepcopy(paper_records)
-    parts = select_split(paper_records, split=split, seed=0)
+    parts = select_split(paper_records, split=split, split_seed=0)
     assert paper_records == before  # pure
     train_table, test_table = PAPER_TABLE[split]
     assert dict(_cells(parts["train"])) == train_table
     assert dict(_cells(parts["test"])) == test_table
+    assert parts["val"] == []
     train_codes = {r["subject"] for r in parts["train"]}
     test_codes = {r["subject"] for r in parts["test"]}
     assert len(train_codes) == len(parts["train"]) and len(test_codes) == len(parts["test"])
@@ -323,10 +326,53 @@ def test_paper_splits_match_the_table(paper_records, split):
     for record in parts["train"] + parts["test"]:
         assert record["label"] == ("NOR", "HCM").index(record["pathology"])
         assert record["group"] == ("A", "C", "D").index(record["vendor"])
-    again = select_split(paper_records, split=split, seed=0)
+    again = select_split(paper_records, split=split, split_seed=0)
     assert again == parts
-    other = select_split(paper_records, split=split, seed=1)
+    other = select_split(paper_records, split=split, split_seed=1)
     assert {r["subject"] for r in other["train"]} != train_codes or {r["subject"] for r in other["test"]} != test_codes
+
+
+def test_validation_count_rounds_half_up_and_keeps_both_sides():
+    # round(n * f) with halves up, at least 1 and at most n - 1; none for f = 0 or a single patient
+    cases = {(25, 0.2): 5, (21, 0.2): 4, (14, 0.2): 3, (10, 0.25): 3, (2, 0.2): 1, (2, 0.9): 1, (7, 0.5): 4}
+    cases.update({(1, 0.5): 0, (9, 0.0): 0, (0, 0.3): 0})
+    for (n, fraction), expected in cases.items():
+        assert validation_count(n, fraction) == expected, (n, fraction)
+
+
+def test_validation_comes_out_of_the_training_patients(paper_records):
+    plain = select_split(paper_records, split="split1", split_seed=4)
+    parts = select_split(paper_records, split="split1", split_seed=4, val_fraction=0.2)
+    # split1 training cells HCM A25 C2 D10, NOR A21 C2 D14; validation_count(n, 0.2) by hand:
+    # 25 -> 5, 2 -> round(0.4) = 0 -> at least 1, 10 -> 2, 21 -> round(4.2) = 4, 14 -> round(2.8) = 3
+    expected_val = {
+        ("A", "HCM"): 5,
+        ("C", "HCM"): 1,
+        ("D", "HCM"): 2,
+        ("A", "NOR"): 4,
+        ("C", "NOR"): 1,
+        ("D", "NOR"): 3,
+    }
+    assert dict(_cells(parts["val"])) == expected_val
+    train_table, test_table = PAPER_TABLE["split1"]
+    assert dict(_cells(parts["train"])) == {cell: n - expected_val[cell] for cell, n in train_table.items()}
+    codes = {part: {r["subject"] for r in parts[part]} for part in ("train", "val", "test")}
+    assert not codes["train"] & codes["val"] and not codes["train"] & codes["test"] and not codes["val"] & codes["test"]
+    # the test patients do not depend on val_fraction; train + val = the training patients without validation
+    assert parts["test"] == plain["test"]
+    assert codes["train"] | codes["val"] == {r["subject"] for r in plain["train"]}
+    assert select_split(paper_records, split="split1", split_seed=4, val_fraction=0.2) == parts
+    other = select_split(paper_records, split="split1", split_seed=5, val_fraction=0.2)
+    assert {r["subject"] for r in other["val"]} != codes["val"]
+
+
+def test_bad_split_seed_or_val_fraction_is_refused(paper_records):
+    for bad in (1.0, -0.1, 2, "0.2", None):
+        with pytest.raises(InputError, match=f"val_fraction={bad!r} must be a number in \\[0, 1\\)"):
+            select_split(paper_records, split="split1", val_fraction=bad)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="split_seed=.* must be a non-negative integer"):
+            select_split(paper_records, split="split1", split_seed=bad)
 
 
 def test_unfillable_split_says_what_is_missing(paper_records):
@@ -335,7 +381,7 @@ def test_unfillable_split_says_what_is_missing(paper_records):
     drop = {r["subject"] for r in c_hcm[4:]} | {r["subject"] for r in a_nor[20:]}
     cohort = [r for r in paper_records if r["subject"] not in drop]
     with pytest.raises(MnMsDataError) as info:
-        select_split(cohort, split="split1", seed=0)
+        select_split(cohort, split="split1", split_seed=0)
     problems = info.value.problems
     assert "split1 needs 3 HCM test subjects from vendor C beyond the 2 for training; the cohort has 4" in problems
     assert "split1 needs 21 NOR training subjects from vendor A; the cohort has 20" in problems
@@ -362,7 +408,7 @@ def _demo_records(per_cell):
 
 def test_demo_split_proportions_and_small_cells():
     per_cell = {("A", "HCM"): 10, ("A", "NOR"): 9, ("C", "HCM"): 2, ("C", "NOR"): 4, ("D", "HCM"): 5, ("D", "NOR"): 3}
-    parts = select_split(_demo_records(per_cell), split="demo", seed=7)
+    parts = select_split(_demo_records(per_cell), split="demo", split_seed=7)
     # test = max(1, round(n / 3)): 10->3, 9->3, 2->1, 4->1, 5->2, 3->1
     expected_test = {
         ("A", "HCM"): 3,
@@ -376,25 +422,30 @@ def test_demo_split_proportions_and_small_cells():
     assert dict(_cells(parts["train"])) == {k: per_cell[k] - expected_test[k] for k in per_cell}
     per_cell[("C", "HCM")] = 1
     with pytest.raises(MnMsDataError, match="HCM subjects from vendor C .*the cohort has 1"):
-        select_split(_demo_records(per_cell), split="demo", seed=7)
+        select_split(_demo_records(per_cell), split="demo", split_seed=7)
 
 
 def test_prepare_split_writes_split_json(paper_dir, tmp_path):
     out = tmp_path / "run" / "split"
-    parts = prepare_split(str(paper_dir), split="split2", seed=5, output_dir=str(out))
+    parts = prepare_split(
+        str(paper_dir), split="split2", split_seed=5, output_dir=str(out), val_fraction=0.1, record={"seed": 11}
+    )
     payload = json.loads((out / "split.json").read_text())
-    assert payload["split"] == "split2" and payload["seed"] == 5
+    assert (payload["split"], payload["split_seed"], payload["seed"], payload["val_fraction"]) == ("split2", 5, 11, 0.1)
     assert Path(payload["csv_path"]).name == mnms.INFO_CSV_NAME
-    for part in ("train", "test"):
+    for part in ("train", "val", "test"):
         assert payload["subjects"][part] == [r["subject"] for r in parts[part]]
         assert payload[part] == parts[part]
         for record in parts[part]:
             assert Path(record["image"]).is_file()
             shape = nib.load(record["image"]).shape
             assert (record["num_slices"], record["num_frames"]) == (shape[2], shape[3])
-    assert len(payload["subjects"]["train"]) == 66 and len(payload["subjects"]["test"]) == 16
-    selected = select_split(load_mnms_cohort(paper_dir), "split2", 5)
-    for part in ("train", "test"):
+    # split2 training cells HCM A25 C5 D2, NOR A21 C11 D2; validation_count(n, 0.1):
+    # 25 -> round(2.5) = 3, 5 -> round(0.5) = 1, 2 -> 1 (at least one), 21 -> 2, 11 -> 1, 2 -> 1: 9 of 66
+    assert len(payload["subjects"]["train"]) == 57 and len(payload["subjects"]["val"]) == 9
+    assert len(payload["subjects"]["test"]) == 16
+    selected = select_split(load_mnms_cohort(paper_dir), "split2", 5, 0.1)
+    for part in ("train", "val", "test"):
         assert [r["subject"] for r in selected[part]] == payload["subjects"][part]
 
 
@@ -406,7 +457,7 @@ def test_prepare_split_reports_broken_selected_image(tmp_path):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(MnMsDataError) as info:
-        prepare_split(data, split="demo", seed=0)
+        prepare_split(data, split="demo", split_seed=0)
     assert len(info.value.problems) == 1
     assert victim["subject"] in info.value.problems[0] and path.name in info.value.problems[0]
     with gzip.open(path) as handle, pytest.raises(EOFError):

@@ -46,7 +46,7 @@ def _torchrun(configs, out, data, *extra, run_id="training"):
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", env=env, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 

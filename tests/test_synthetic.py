@@ -99,7 +99,7 @@ def test_images_look_like_scanner_output(tiny):
 
 def test_tiny_round_trips_through_prepare_split_demo(tiny, tmp_path):
     root, _ = tiny
-    parts = prepare_split(root, split="demo", seed=0, output_dir=tmp_path)
+    parts = prepare_split(root, split="demo", split_seed=0, output_dir=tmp_path)
     # 2 subjects per A/C/D x NOR/HCM cell -> 1 train + 1 test each; vendor B and DCM/ARV dropped
     for part in ("train", "test"):
         assert Counter((r["vendor"], r["pathology"]) for r in parts[part]) == Counter(

@@ -7,7 +7,7 @@ a dataset in one round instead of one problem per run.
 
 from __future__ import annotations
 
-from mnms_groupdistil.errors import InputError
+from ..errors import InputError
 
 __all__ = ["DataError"]
 

@@ -9,8 +9,13 @@ evaluation, which slice/frame:
 
 * :func:`random_frames`: ``frames_per_patient`` entries per patient without slice/frame; the slice and frame
   are drawn later by :class:`mnms_groupdistil.transforms.RandCineFramed` (training).
-* :func:`ed_es_frames`: every slice at ED and at ES of every patient (evaluation), selected by
-  :class:`mnms_groupdistil.transforms.SelectCineFramed`.
+* :func:`fixed_random_frames`: ``frames_per_patient`` (slice, frame) pairs per patient drawn once with a fixed
+  seed (evaluation as in the paper: the same frames every epoch and every run).
+* :func:`ed_es_frames`: every slice at ED and at ES of every patient (evaluation option).
+* :func:`all_frames`: every slice at every (``frame_stride``-th) frame (evaluation option, inference).
+* :func:`evaluation_frames`: one of the three by name (:data:`EVALUATION_FRAMES`), as the bundles choose them.
+
+Evaluation entries carry the slice and frame, selected by :class:`mnms_groupdistil.transforms.SelectCineFramed`.
 
 :class:`CineFrameDataset` joins both: item ``i`` is a shallow copy of the patient's volume dictionary updated
 with frame entry ``i`` (except its ``"volume"`` index), passed through the frame transform.
@@ -19,13 +24,28 @@ with frame entry ``i`` (except its ``"volume"`` index), passed through the frame
 from __future__ import annotations
 
 import numbers
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import apply_transform
 
-__all__ = ["CineFrameDataset", "all_frames", "ed_es_frames", "random_frames"]
+from ..errors import InputError
+
+__all__ = [
+    "EVALUATION_FRAMES",
+    "CineFrameDataset",
+    "all_frames",
+    "ed_es_frames",
+    "evaluation_frames",
+    "fixed_random_frames",
+    "random_frames",
+]
+
+#: Names of the evaluation frame choices, for :func:`evaluation_frames`.
+EVALUATION_FRAMES: tuple[str, ...] = ("random", "ed_es", "all")
 
 
 def _int_field(rec: Mapping, key: str, i: int, minimum: int = 0) -> int:
@@ -69,14 +89,58 @@ def random_frames(records: Sequence[Mapping], frames_per_patient: int = 20) -> l
         TypeError: ``frames_per_patient`` is not an integer, or a record is not a mapping.
         ValueError: ``frames_per_patient`` < 1, or a record lacks "group"/"subject".
     """
-    if isinstance(frames_per_patient, bool) or not isinstance(frames_per_patient, numbers.Integral):
-        raise TypeError(f"frames_per_patient={frames_per_patient!r} must be an integer.")
-    if frames_per_patient < 1:
-        raise ValueError(f"frames_per_patient={frames_per_patient} must be >= 1.")
+    frames_per_patient = _check_count(frames_per_patient, "frames_per_patient")
     out: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         base = _base_entry(rec, i)
-        out.extend(dict(base) for _ in range(int(frames_per_patient)))
+        out.extend(dict(base) for _ in range(frames_per_patient))
+    return out
+
+
+def _check_count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}={value!r} must be an integer.")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1.")
+    return int(value)
+
+
+def fixed_random_frames(
+    records: Sequence[Mapping], frames_per_patient: int = 20, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Frame entries for evaluation: ``frames_per_patient`` (slice, frame) pairs per patient, drawn once.
+
+    A patient's pairs are drawn by ``numpy.random.default_rng([seed, crc32(subject)])``: they depend only on
+    ``seed``, the subject code and the volume's size, so every epoch and every run with the same seed evaluate
+    the same frames, whatever the other patients. The ``Z * T`` pairs of a volume are drawn without replacement
+    (with replacement only when a volume has fewer than ``frames_per_patient`` pairs), and listed sorted.
+
+    Args:
+        records: patient records with ``subject``, ``group``, ``num_slices`` and ``num_frames``.
+        frames_per_patient: pairs per patient (>= 1).
+        seed: seed of the draw (non-negative integer); the bundles pass the split seed.
+
+    Returns:
+        ``[{"volume": i, "group", "subject", "slice": z, "frame": t}, ...]``, ``frames_per_patient`` per patient,
+        ordered by patient, then frame, then slice.
+
+    Raises:
+        TypeError, ValueError: a record lacks a field or has an invalid value; bad ``frames_per_patient`` or
+            ``seed``.
+    """
+    frames_per_patient = _check_count(frames_per_patient, "frames_per_patient")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+    out: list[dict[str, Any]] = []
+    for i, rec in enumerate(records):
+        base = _base_entry(rec, i)
+        num_slices = _int_field(rec, "num_slices", i, minimum=1)
+        num_frames = _int_field(rec, "num_frames", i, minimum=1)
+        rng = np.random.default_rng([int(seed), zlib.crc32(str(rec["subject"]).encode("utf-8"))])
+        pairs = num_slices * num_frames
+        drawn = rng.choice(pairs, size=frames_per_patient, replace=pairs < frames_per_patient)
+        for k in sorted(int(k) for k in drawn):
+            out.append({**base, "slice": k % num_slices, "frame": k // num_slices})
     return out
 
 
@@ -141,6 +205,33 @@ def all_frames(records: Sequence[Mapping], frame_stride: int = 1) -> list[dict[s
     return out
 
 
+def evaluation_frames(
+    records: Sequence[Mapping], frames: str = "random", frames_per_patient: int = 20, seed: int = 0
+) -> list[dict[str, Any]]:
+    """Frame entries to evaluate ``records`` on, chosen by name.
+
+    Args:
+        records: patient records (see the functions below for the fields each choice needs).
+        frames: ``"random"`` (:func:`fixed_random_frames`, the paper's protocol), ``"ed_es"``
+            (:func:`ed_es_frames`) or ``"all"`` (:func:`all_frames`).
+        frames_per_patient: pairs per patient for ``"random"``.
+        seed: seed of the ``"random"`` draw.
+
+    Raises:
+        InputError: ``frames`` is not one of :data:`EVALUATION_FRAMES` (an ``InputError`` is a ``ValueError``);
+            see the chosen function for the rest.
+    """
+    if frames == "random":
+        return fixed_random_frames(records, frames_per_patient, seed)
+    if frames == "ed_es":
+        return ed_es_frames(records)
+    if frames == "all":
+        return all_frames(records)
+    raise InputError(
+        f"frames={frames!r} (the bundles' test_frames setting) must be one of {', '.join(EVALUATION_FRAMES)}."
+    )
+
+
 class CineFrameDataset(torch.utils.data.Dataset):
     """Frame-level dataset over patient-level volume dictionaries.
 
@@ -153,7 +244,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
         volumes: patient-level volume dictionaries, e.g. a ``monai.data.CacheDataset`` of
             :class:`~mnms_groupdistil.transforms.LoadCineVolumed` (use ``copy_cache=False``), or a list of dicts.
         frames: frame entries with at least ``"volume"`` (see :func:`random_frames`, :func:`ed_es_frames`).
-        transform: frame transform (e.g. ``Compose([RandCineFramed(...), ScaleIntensityRangePercentilesd(...),
+        transform: frame transform (e.g. ``Compose([RandCineFramed(...), RescaleIntensityd(...),
             ...])``), or None to return the merged dictionary.
 
     Raises:

@@ -22,7 +22,6 @@ D (Canon) as groups; vendor B (Philips) is dropped. The fixed splits of the pape
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import logging
 import math
@@ -34,7 +33,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from mnms_groupdistil.data.errors import DataError
+from ..errors import InputError
+from .errors import DataError
+from .nifti import cine_volume_problems
 
 __all__ = [
     "VENDORS",
@@ -53,6 +54,7 @@ __all__ = [
     "check_subjects",
     "cine_volume_problems",
     "select_split",
+    "validation_count",
     "prepare_split",
 ]
 
@@ -107,7 +109,7 @@ SPLITS: dict[str, dict[str, Any]] = {
     },
 }
 
-_PARTS = ("train", "test")
+_PARTS = ("train", "val", "test")
 
 # normalised header -> record key
 _COLUMN_ALIASES: dict[str, str] = {
@@ -457,63 +459,6 @@ def load_mnms_cohort(
     return records
 
 
-def _verify_data(path: Path, header: Any, shape: tuple[int, ...]) -> str | None:
-    """Cheaply verify the voxel data are all there; returns a problem text or None.
-
-    For ``.gz`` the whole stream is decompressed in chunks (nothing kept in memory), which
-    checks the gzip CRC and length, so truncated or corrupted files are caught; the cost is
-    one decompression of the file (roughly 0.1 s per 30 MB of voxel data).
-    """
-    dtype = header.get_data_dtype()
-    offset = int(header.get_data_offset())
-    needed = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    try:
-        if path.name.lower().endswith(".gz"):
-            total = 0
-            with gzip.open(path, "rb") as stream:
-                while True:
-                    chunk = stream.read(1 << 22)
-                    if not chunk:
-                        break
-                    total += len(chunk)
-        else:
-            total = path.stat().st_size
-    except Exception as err:  # noqa: BLE001 - EOFError, BadGzipFile, zlib.error, OSError...
-        return f"voxel data unreadable, file truncated or corrupt ({type(err).__name__}: {err})"
-    if total < needed:
-        return f"voxel data truncated: {total} bytes after decompression, header needs {needed}"
-    return None
-
-
-def cine_volume_problems(path: str | Path) -> tuple[tuple[int, ...] | None, list[str]]:
-    """Shape of the 4D cine volume at ``path`` and what is wrong with the file, without loading it.
-
-    Checks that the file exists, that nibabel reads its header, that it is 4D with no empty
-    dimension, and that all its voxel data are there (see :func:`_verify_data`).
-
-    Returns:
-        ``(shape, problems)``: ``shape`` is None when the file cannot be used at all; ``problems``
-        are texts without the file name, empty for a sound file.
-    """
-    import nibabel as nib
-
-    path = Path(path)
-    if not path.is_file():
-        return None, ["image file does not exist"]
-    try:
-        img = nib.load(str(path))
-        shape = tuple(int(s) for s in img.shape)
-        header = img.header
-    except Exception as err:  # noqa: BLE001 - report instead of a raw nibabel traceback
-        return None, [f"cannot read the NIfTI header ({type(err).__name__}: {err})"]
-    if len(shape) != 4:
-        return None, [f"expected a 4D (x, y, z, t) cine image, got {len(shape)}D shape {shape}"]
-    if min(shape) < 1:
-        return None, [f"empty image, shape {shape} has a zero dimension"]
-    data_problem = _verify_data(path, header, shape)
-    return shape, [data_problem] if data_problem else []
-
-
 def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
     code = record.get("subject", "?")
     image = record.get("image")
@@ -585,30 +530,67 @@ def _cell_order(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
     return sorted(cells, key=lambda c: (rank.get(c[0], len(rank)), c[0], c[1]))
 
 
+def _check_split_seed(split_seed: Any) -> int:
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
+        raise InputError(f"split_seed={split_seed!r} must be a non-negative integer (the seed of the split).")
+    return int(split_seed)
+
+
+def _check_val_fraction(val_fraction: Any) -> float:
+    number = not isinstance(val_fraction, bool) and isinstance(val_fraction, (int, float, np.floating, np.integer))
+    if not number or not 0.0 <= float(val_fraction) < 1.0:
+        raise InputError(
+            f"val_fraction={val_fraction!r} must be a number in [0, 1): the share of training patients kept "
+            "for validation (0: no validation set)."
+        )
+    return float(val_fraction)
+
+
+def validation_count(n: int, val_fraction: float) -> int:
+    """How many of a (class, vendor) cell's ``n`` training patients go to validation.
+
+    ``round(n * val_fraction)`` (halves rounded up), but at least one and at most ``n - 1``, so
+    that every cell with two or more patients is seen by both training and validation; none
+    when ``val_fraction`` is 0 or the cell has a single patient.
+    """
+    if val_fraction <= 0.0 or n < 2:
+        return 0
+    return min(n - 1, max(1, math.floor(n * val_fraction + 0.5)))
+
+
 def select_split(
-    records: Sequence[Mapping[str, Any]], split: str = "split1", seed: int = 0
+    records: Sequence[Mapping[str, Any]], split: str = "split1", split_seed: int = 0, val_fraction: float = 0.0
 ) -> dict[str, list[dict[str, Any]]]:
-    """Choose the train and test subjects of a split (pure function; inputs are not modified).
+    """Choose the train, validation and test subjects of a split (pure function; inputs are not modified).
 
     Within every (class, vendor) cell the subject codes are sorted and then shuffled with one
-    ``numpy.random.default_rng(seed)`` (cells taken in a fixed order: pathology as in
+    ``numpy.random.default_rng(split_seed)`` (cells taken in a fixed order: pathology as in
     :data:`PATHOLOGIES`, then vendor code); train takes the first subjects of the cell, test the
-    next ones, so the two parts are disjoint.
+    next ones, so the two parts are disjoint. A validation set is then carved out of the training
+    subjects of every cell (:func:`validation_count` of them, drawn with a second generator seeded
+    by ``split_seed``), so the test subjects do not depend on ``val_fraction`` and the validation
+    and training subjects together are the training subjects of ``val_fraction=0``.
 
     Args:
         records: Cohort records (``subject``, ``pathology``, ``vendor`` are used), e.g. from
             :func:`load_mnms_cohort`.
         split: A key of :data:`SPLITS` (``"split1"``, ``"split2"`` or ``"demo"``).
-        seed: Seed that fixes which subjects go where.
+        split_seed: Seed that fixes which subjects go where (non-negative integer); independent of
+            the seed of the training.
+        val_fraction: Share of every cell's training subjects kept for validation, in [0, 1).
 
     Returns:
-        ``{"train": [...], "test": [...]}``, copies of the chosen records sorted by
-        (vendor, label, subject).
+        ``{"train": [...], "val": [...], "test": [...]}``, copies of the chosen records sorted by
+        (vendor, label, subject); ``val`` is empty when ``val_fraction`` is 0.
 
     Raises:
         MnMsDataError: For an unknown split, or, listing every cell at once, when the cohort
             has too few subjects to fill the split.
+        InputError: ``split_seed`` is not a non-negative integer, or ``val_fraction`` is not a
+            number in [0, 1) (an ``InputError`` is a ``ValueError``).
     """
+    split_seed = _check_split_seed(split_seed)
+    val_fraction = _check_val_fraction(val_fraction)
     if split not in SPLITS:
         raise MnMsDataError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
     spec = SPLITS[split]
@@ -625,7 +607,7 @@ def select_split(
     wanted: dict[tuple[str, str], tuple[int, int]] = {}
     problems: list[str] = []
     if "counts" in spec:
-        for part_index, part in enumerate(_PARTS):
+        for part_index, part in enumerate(("train", "test")):
             for pathology, per_vendor in spec["counts"].get(part, {}).items():
                 for vendor, n in per_vendor.items():
                     n_train, n_test = wanted.get((pathology, vendor), (0, 0))
@@ -663,8 +645,9 @@ def select_split(
     if problems:
         raise MnMsDataError(problems, header=f"the cohort cannot fill split '{split}':")
 
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list[dict[str, Any]]] = {"train": [], "test": []}
+    rng = np.random.default_rng(split_seed)
+    val_rng = np.random.default_rng([split_seed, 1])
+    parts: dict[str, list[dict[str, Any]]] = {part: [] for part in _PARTS}
     for cell in _cell_order(records):
         members = sorted(by_cell[cell], key=lambda r: r["subject"])
         order = rng.permutation(len(members))  # drawn for every cell so choices do not shift
@@ -672,7 +655,11 @@ def select_split(
             continue
         n_train, n_test = wanted[cell]
         shuffled = [members[i] for i in order]
-        parts["train"].extend(dict(r) for r in shuffled[:n_train])
+        train = shuffled[:n_train]
+        n_val = validation_count(len(train), val_fraction)
+        val_ids = {train[i]["subject"] for i in val_rng.permutation(len(train))[:n_val]}
+        parts["train"].extend(dict(r) for r in train if r["subject"] not in val_ids)
+        parts["val"].extend(dict(r) for r in train if r["subject"] in val_ids)
         parts["test"].extend(dict(r) for r in shuffled[n_train : n_train + n_test])
     for part in _PARTS:
         parts[part].sort(key=lambda r: (str(r["vendor"]), r.get("label", 0), r["subject"]))
@@ -687,44 +674,48 @@ def _count_summary(records: Sequence[Mapping[str, Any]]) -> str:
 def prepare_split(
     dataset_dir: PathLike,
     split: str = "split1",
-    seed: int = 0,
+    split_seed: int = 0,
     output_dir: PathLike | None = None,
     csv_path: PathLike | None = None,
+    val_fraction: float = 0.0,
+    record: Mapping[str, Any] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Build and check the train/test subject lists of a split; the bundles' entry point.
+    """Build and check the train/validation/test subject lists of a split; the bundles' entry point.
 
     Reads the information CSV, lists the task's subjects (vendors A/C/D, HCM vs NOR), selects
-    the split, checks the images of the selected subjects, and optionally writes
-    ``<output_dir>/split.json``.
+    the split (:func:`select_split`), checks the images of the selected subjects, and optionally
+    writes ``<output_dir>/split.json``.
 
     Args:
         dataset_dir: Root of the M&Ms release (or of a generated cohort in the same layout).
         split: A key of :data:`SPLITS`.
-        seed: Seed of the subject selection.
+        split_seed: Seed of the subject selection (not the seed of the training).
         output_dir: Where to write ``split.json`` (created if needed); nothing is written when
             None or empty.
         csv_path: Information CSV; found with :func:`find_info_csv` when None.
+        val_fraction: Share of the training subjects kept for validation (see :func:`select_split`).
+        record: More fields for ``split.json`` (the bundles record the training ``seed``).
 
     Returns:
-        ``{"train": [...], "test": [...]}``; records as from :func:`load_mnms_cohort` plus
-        ``num_slices`` and ``num_frames``.
+        ``{"train": [...], "val": [...], "test": [...]}``; records as from
+        :func:`load_mnms_cohort` plus ``num_slices`` and ``num_frames``.
 
     Raises:
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
+        InputError: A bad ``split_seed`` or ``val_fraction``.
     """
     csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
     records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
     logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
-    parts = select_split(records, split=split, seed=int(seed))
-    checked = check_subjects(parts["train"] + parts["test"])
-    n_train = len(parts["train"])
-    result = {"train": checked[:n_train], "test": checked[n_train:]}
+    parts = select_split(records, split=split, split_seed=split_seed, val_fraction=val_fraction)
+    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]]))
+    result = {part: [next(checked) for _ in parts[part]] for part in _PARTS}
     for part in _PARTS:
         logger.info(
-            "split %s (seed %d) %s: %d subjects (%s)",
+            "split %s (split_seed %d) %s: %d subjects (%s)",
             split,
-            int(seed),
+            int(split_seed),
             part,
             len(result[part]),
             _count_summary(result[part]),
@@ -734,7 +725,9 @@ def prepare_split(
         out.mkdir(parents=True, exist_ok=True)
         payload = {
             "split": split,
-            "seed": int(seed),
+            "split_seed": int(split_seed),
+            **dict(record or {}),
+            "val_fraction": float(val_fraction),
             "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
             "csv_path": str(csv_file),
             "classes": list(CLASSES),

@@ -1,6 +1,6 @@
 """Generated cohorts in exactly the layout and file formats of the real dataset releases.
 
-``python -m mnms_groupdistil.data.synthetic mnms OUT_DIR [--preset tiny|demo|paper] [--seed 0]``
+``python -m mnms_groupdistil.data.synthetic mnms OUT_DIR [--preset tiny|small|demo|paper] [--seed 0]``
 writes an M&Ms-like cohort::
 
     OUT_DIR/211230_M&Ms_Dataset_information_diagnosis_opendataset.csv
@@ -129,6 +129,21 @@ MNMS_PRESETS: dict[str, dict[str, Any]] = {
         "size_range": (64, 96),
         "slice_range": (4, 8),
         "frame_range": (8, 14),
+    },
+    "small": {
+        # 6 patients per A/C/D x HCM/NOR cell, small images: split "demo" keeps 4 per cell for training
+        # (room for a validation patient) and 2 for testing; quick enough to train to a clear result in tests.
+        "counts": {
+            ("A", "HCM"): 6,
+            ("A", "NOR"): 6,
+            ("C", "HCM"): 6,
+            ("C", "NOR"): 6,
+            ("D", "HCM"): 6,
+            ("D", "NOR"): 6,
+        },
+        "size_range": (32, 40),
+        "slice_range": (2, 3),
+        "frame_range": (4, 6),
     },
     "paper": {
         # split1/split2 need HCM A25 C5 D10 and NOR A21 C11 D14; one or two more per cell.
@@ -444,6 +459,7 @@ def write_mnms_cohort(out_dir: str | Path, preset: str = "demo", seed: int = 0) 
     Args:
         out_dir: Dataset directory to create.
         preset: ``"tiny"`` (unit tests: 2 subjects per A/C/D x HCM/NOR cell, 24-40 px),
+            ``"small"`` (tests that train to a result: 6 per A/C/D x HCM/NOR cell, 32-40 px),
             ``"demo"`` (CPU demo: A 10, C 5, D 8 per class, 64-96 px) or ``"paper"`` (enough
             subjects to fill split1 and split2, 48-64 px). See :data:`MNMS_PRESETS`.
         seed: Seed of everything that is drawn.
@@ -717,7 +733,7 @@ def write_digits_waterbirds(
         alpha = np.zeros((size, size), dtype=np.float32)
         top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
         alpha[top : top + side, left : left + side] = np.asarray(stroke, dtype=np.float32) / 255.0
-        ink = rng.uniform(10, 50, size=3)
+        ink = rng.uniform(215, 250, size=3)
         pixels = background * (1 - alpha[..., None]) + ink * alpha[..., None]
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
         folder = f"{digit:03d}.Digit_{digit}"

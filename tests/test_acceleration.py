@@ -1,0 +1,162 @@
+"""Training speed options: mixed-precision dtype, channels-last, worker count, logging interval, bundle wiring."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from mnms_groupdistil.acceleration import (
+    AutocastInferer,
+    autocast_dtype,
+    default_num_workers,
+    every,
+    grad_scaler_needed,
+    to_device,
+)
+from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.networks import build_network
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
+TRAIN = str(CONFIGS / "train.json")
+METADATA = str(CONFIGS / "metadata.json")
+TINY = {"split": "demo", "max_epochs": 1, "batch_size": 4, "image_size": 32, "frames_per_patient": 2,
+        "num_workers": 0, "device": "cpu"}  # fmt: skip
+
+
+def test_autocast_dtype_choices():
+    assert autocast_dtype(False, "cpu") is None
+    assert autocast_dtype(False, "cuda:0", "float16") is None
+    assert autocast_dtype(True, "cpu") is torch.bfloat16  # every CPU autocasts to bfloat16
+    assert autocast_dtype(True, "cpu", "float16") is torch.float16
+    assert autocast_dtype(True, torch.device("cpu"), torch.bfloat16) is torch.bfloat16
+    with pytest.raises(ValueError, match="amp_dtype='fp8'"):
+        autocast_dtype(True, "cpu", "fp8")
+    with pytest.raises(TypeError, match="amp must be True or False"):
+        autocast_dtype("yes", "cpu")
+
+
+def test_grad_scaler_only_for_float16_on_cuda():
+    assert grad_scaler_needed(torch.float16, "cuda:0")
+    assert not grad_scaler_needed(torch.bfloat16, "cuda:0")
+    assert not grad_scaler_needed(torch.float16, "cpu")
+    assert not grad_scaler_needed(None, "cuda:0")
+
+
+def test_every_filters_events():
+    keep = every(3)
+    assert [i for i in range(1, 10) if keep(None, i)] == [3, 6, 9]
+    assert all(every(1)(None, i) for i in range(1, 5))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="log interval"):
+            every(bad)
+
+
+def test_default_num_workers_follows_the_machine():
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert default_num_workers() == min(8, cpus)
+    assert default_num_workers(limit=1) == 1
+
+
+def test_channels_last_network_and_inputs():
+    net = to_device(build_network("resnet18", 2, 1), "cpu", channels_last=True)
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    seen = {}
+
+    def record(x):
+        seen["channels_last"] = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return x.sum(dim=(2, 3))
+
+    AutocastInferer(channels_last=True)(torch.randn(2, 3, 4, 5), record)
+    assert seen["channels_last"]
+    AutocastInferer(channels_last=False)(torch.randn(2, 3, 4, 5), record)
+    assert not seen["channels_last"]
+
+
+def test_autocast_inferer_runs_bfloat16_on_cpu():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    assert AutocastInferer(torch.bfloat16)(x, layer).dtype == torch.bfloat16
+    assert AutocastInferer(None)(x, layer).dtype == torch.float32
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype"):
+        AutocastInferer("bfloat16")
+
+
+# ------------------------------------------------------------------------------ bundle wiring
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return write_mnms_cohort(tmp_path_factory.mktemp("accel") / "MnM", preset="tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("accel_teacher") / "teacher.pt"
+    torch.save(build_network("resnet18", 2, 1).state_dict(), path)
+    return path
+
+
+def workflow(cohort, teacher_ckpt, out, **overrides):
+    wf = ConfigWorkflow(
+        config_file=[TRAIN],
+        meta_file=str(METADATA),
+        logging_file=False,
+        workflow_type="train",
+        **{**TINY, "dataset_dir": str(cohort), "output_dir": str(out), "teacher_ckpt": str(teacher_ckpt), **overrides},
+    )
+    wf.initialize()
+    return wf
+
+
+def test_bundle_trains_in_bfloat16_channels_last_on_cpu(cohort, teacher_ckpt, tmp_path):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wf = workflow(cohort, teacher_ckpt, tmp_path, amp=True, channels_last=True, network_name="resnet18")
+        trainer = wf.parser.get_parsed_content("train#trainer")
+        teacher = wf.parser.get_parsed_content("teacher")
+        dtypes = []
+        teacher.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+        wf.run()
+        wf.finalize()
+    finally:
+        torch.set_num_threads(previous)
+    assert trainer.amp is False  # bfloat16 needs no gradient scaler
+    assert trainer.inferer.dtype is torch.bfloat16 and trainer.inferer.channels_last
+    assert dtypes and set(dtypes) == {torch.bfloat16}  # the teacher ran under the same autocast
+    assert trainer.network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(torch.as_tensor(trainer.state.output["loss"])).all()
+    state = torch.load(tmp_path / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    assert int(state["group_weights"]["num_updates"]) == trainer.state.iteration
+
+
+def test_bundle_loader_options(cohort, teacher_ckpt, tmp_path):
+    wf = workflow(cohort, teacher_ckpt, tmp_path, num_workers=1, compile=True, network_name="resnet18")
+    loader = wf.parser.get_parsed_content("train#dataloader")
+    assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert trainer.compile and isinstance(trainer.network, torch._dynamo.eval_frame.OptimizedModule)
+    assert not trainer.non_blocking
+    # random frames, rotations and flips stay random from epoch to epoch in persistent workers
+    first, second = ([batch["image"].clone() for batch in loader] for _ in range(2))
+    assert len(first) == len(second) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_bundle_pins_memory_for_cuda():
+    from monai.bundle import ConfigParser
+
+    def parsed(key, **overrides):
+        parser = ConfigParser()
+        parser.read_config(TRAIN)
+        parser.update(overrides)
+        return parser.get_parsed_content(key)
+
+    assert parsed("pin_memory", device="cuda:0") is True  # no GPU needed: only the setting is resolved
+    assert parsed("pin_memory", device="cpu") is False
+    assert parsed("num_workers") == default_num_workers()

@@ -1,0 +1,230 @@
+"""Exported bundles: MONAI networks equal to the trained ones, metadata, and a run where the package is absent."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, verify_net_in_out
+from test_foreign_cohort import _write_cohort
+
+from mnms_groupdistil import export
+from mnms_groupdistil.networks import build_network
+from mnms_groupdistil.run_settings import write_run_settings
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "mnms_groupdistil" / "configs"
+CLASSES = ["NOR", "HCM"]
+
+
+def _random_network(name: str, in_channels: int = 1, seed: int = 0) -> torch.nn.Module:
+    """A torchvision network with random weights and random batch-norm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    network = build_network(name, num_classes=2, in_channels=in_channels)
+    with torch.no_grad():
+        for m in network.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return network.eval()
+
+
+@pytest.mark.parametrize("name", ["densenet121", "resnet18", "resnet50"])
+def test_monai_network_computes_what_the_torchvision_network_computes(name):
+    trained = _random_network(name, in_channels=3)
+    network = export._instantiate(export.monai_network_def(name, 2, 3)).eval()
+    network.load_state_dict(export.to_monai_state_dict(name, trained.state_dict()), strict=True)
+    x = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), trained(x), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot be exported"):
+        export.monai_network_def("vit", 2, 1)
+
+
+def _fake_run(run_dir: Path, name: str = "resnet18", image_size: int = 24) -> torch.nn.Module:
+    """A run folder as training leaves it: record, last-epoch weights, metrics (test_* and val_*)."""
+    settings = {
+        "network_name": name,
+        "in_channels": 1,
+        "class_names": CLASSES,
+        "image_size": image_size,
+        "intensity_percentiles": [1, 99],
+        "mode": "groupdistil",
+        "split": "split2",
+        "seed": 3,
+        "max_epochs": 5,
+    }
+    write_run_settings(run_dir, settings)
+    network = _random_network(name)
+    torch.save(network.state_dict(), run_dir / "model_final.pt")
+    metrics = {
+        "epoch": 5,
+        "metrics": {"test_acc_A": 0.75, "test_acc_D": 0.5, "test_worst_group_acc": 0.5, "val_worst_group_acc": 0.9},
+        "per_group": {"A": {"test_acc": 0.75, "val_acc": 1.0}, "D": {"test_acc": 0.5, "val_acc": 0.8}},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    return network
+
+
+def test_export_writes_a_model_zoo_bundle(tmp_path):
+    import onnxruntime
+
+    trained = _fake_run(tmp_path / "run")
+    bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle", version="1.2.0", onnx=True)
+    files = ("configs/inference.json", "configs/metadata.json", "configs/logging.conf", "LICENSE", "docs/README.md")
+    for path in files:
+        assert (bundle / path).is_file(), path
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["version"] == "1.2.0" and "split2" in metadata["changelog"]["1.2.0"]
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert (image["spatial_shape"], image["num_channels"], image["value_range"]) == ([24, 24], 1, [0, 1])
+    assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "NOR", "1": "HCM"}
+    assert metadata["eval_metrics"] == {"test_acc_A": 0.75, "test_acc_D": 0.5, "test_worst_group_acc": 0.5}
+    assert "mnms_groupdistil" not in metadata["required_packages_version"]
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "| A | 75.0 |" in readme and "test_worst_group_acc: 50.0" in readme and "90.0" not in readme
+
+    config_text = (bundle / "configs" / "inference.json").read_text()
+    config = json.loads(config_text)
+    assert "mnms_groupdistil" not in config_text
+    assert (config["image_size"], config["network_name"], config["run_dir"]) == (24, "resnet18", None)
+    for module in ("inference.py", "transforms.py", "dicom.py", "data/frames.py"):  # verbatim copies
+        assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
+    assert not (bundle / "scripts" / "networks.py").exists()  # the network is MONAI's
+
+    x = torch.rand(3, 1, 24, 24)
+    with torch.no_grad():
+        expected = trained(x)
+        network = export._instantiate(config["network_def"]).eval()
+        network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
+        torch.testing.assert_close(network(x), expected, rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.jit.load(str(bundle / "models" / "model.ts"))(x), expected, atol=1e-5, rtol=0)
+    session = onnxruntime.InferenceSession(str(bundle / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"image": x.numpy()})
+    np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has no run_config.json"):
+        export.export_bundle(tmp_path / "empty", tmp_path / "b1")
+    _fake_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="not a semantic version"):
+        export.export_bundle(tmp_path / "run", tmp_path / "b2", version="1.0")
+    with pytest.raises(ValueError, match="no checkpoint 'model.pt'"):
+        export.export_bundle(tmp_path / "run", tmp_path / "b3", checkpoint="model.pt")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(ValueError, match="is not empty"):
+        export.export_bundle(tmp_path / "run", tmp_path / "full")
+
+
+def _without_package(tmp_path: Path) -> dict[str, str]:
+    """Environment where ``import mnms_groupdistil`` (and torchvision) fail: a path entry that shadows them."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    for name in ("mnms_groupdistil", "torchvision"):
+        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not installed here')\n")
+    return {**os.environ, "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
+
+
+def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, errors="replace", timeout=300)
+
+
+@pytest.mark.slow
+def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package(tmp_path):
+    """Train one epoch on a hand-written cohort, export with the CLI, classify a 4D NIfTI volume without the package.
+
+    The exported bundle's predictions equal those of the source inference.json on the same volume, and
+    MONAI's verify_net_in_out passes on both inference.json files.
+    """
+    data = tmp_path / "OpenDataset"
+    data.mkdir()
+    _write_cohort(data)
+    run = tmp_path / "run"
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "train_groupdro.json")],
+        workflow_type="train",
+        logging_file=False,
+        dataset_dir=str(data),
+        output_dir=str(run),
+        split="demo",
+        max_epochs=1,
+        batch_size=4,
+        image_size=32,
+        frames_per_patient=2,
+        num_workers=0,
+        device="cpu",
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    assert json.loads((run / "run_config.json").read_text())["settings"]["image_size"] == 32
+
+    with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    bundle = tmp_path / "exported"
+    proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reported = json.loads((run / "metrics.json").read_text())["metrics"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
+    assert "test_worst_group_acc" in metadata["eval_metrics"]
+
+    volume = sorted(data.rglob("*_sa.nii.gz"))[0]
+    assert len(nib.load(str(volume)).shape) == 4
+    source_out = tmp_path / "source_predictions"
+    workflow = ConfigWorkflow(
+        config_file=str(CONFIGS / "inference.json"),
+        workflow_type="infer",
+        logging_file=False,
+        dataset_dir=str(volume),
+        run_dir=str(run),
+        output_dir=str(source_out),
+        num_workers=0,
+        device="cpu",
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    verify_net_in_out(
+        net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json")
+    )
+
+    env = _without_package(tmp_path)
+    proc = _run([sys.executable, "-c", "import mnms_groupdistil"], bundle, env)
+    assert proc.returncode != 0 and "mnms_groupdistil is not installed here" in proc.stderr
+    out = tmp_path / "exported_predictions"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(volume), "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"]
+    proc = _run(command, bundle, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "volumes/s" in proc.stdout + proc.stderr
+    proc = _run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+         "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"],
+        bundle,
+        env,
+    )  # fmt: skip
+    assert proc.returncode == 0 and "verified with no error" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+
+    tables = {}
+    for name, folder in (("source", source_out), ("exported", out)):
+        with open(folder / "predictions.csv") as f:
+            tables[name] = list(csv.DictReader(f))
+        with open(folder / "frame_predictions.csv") as f:
+            tables[name + "_frames"] = list(csv.DictReader(f))
+    subject = volume.name.replace("_sa.nii.gz", "")
+    assert [r["subject"] for r in tables["exported"]] == [subject]
+    _, _, slices, phases = nib.load(str(volume)).shape
+    assert len(tables["exported_frames"]) == slices * phases
+    assert tables["exported"] == tables["source"]
+    assert tables["exported_frames"] == tables["source_frames"]
