@@ -216,7 +216,7 @@ def test_outputs_of_a_grid(tmp_path):
 
 TINY_GRID = [
     "--splits", "demo", "--override", "max_epochs=1", "image_size=32", "frames_per_patient=2", "batch_size=8",
-    "num_workers=0", "device=cpu", "test_frames_per_patient=2",
+    "num_workers=0", "device=cpu", "test_frames_per_patient=2", "log_interval=1",
 ]  # fmt: skip
 
 
