@@ -280,7 +280,7 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     """A run's ``metrics.json``, or None when it has none (yet) or it cannot be read."""
     path = Path(run_dir) / "metrics.json"
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -371,7 +371,7 @@ def run_grid(
         args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
         args_path = run.run_dir / RUN_ARGS
         if args_path.is_file():
-            before = json.loads(args_path.read_text())
+            before = json.loads(args_path.read_text(encoding="utf-8"))
             if before != args:
                 changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
                 raise ValueError(
@@ -387,7 +387,7 @@ def run_grid(
             rows.append(_row(spec, run, report, eta_w))
             continue
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        args_path.write_text(json.dumps(args, indent=2) + "\n")
+        args_path.write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
         log_path = run.run_dir / "bundle.log"
         action = "resuming" if state == "partial" else "training"
         logger.info(f"{prefix}: {action} (log: {log_path})")
@@ -416,7 +416,7 @@ def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | 
 
 def _tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
 
@@ -500,7 +500,7 @@ def write_outputs(
     if plots:
         lines += ["## Plots", "", *(f"- `{p.name}`" for p in plots), ""]
     written["results.md"] = out / "results.md"
-    written["results.md"].write_text("\n".join(lines))
+    written["results.md"].write_text("\n".join(lines), encoding="utf-8")
     written.update({p.name: p for p in plots})
     return written
 

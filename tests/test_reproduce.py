@@ -202,7 +202,7 @@ def test_a_failed_run_stops_the_grid_and_names_its_log(tmp_path):
 def test_outputs_of_a_grid(tmp_path):
     runs, rows = grid(tmp_path, FakeRunner(), step_sizes=[0, 1])
     written = write_outputs(MNMS, runs, rows, tmp_path / "out", ["Command: `x`"])
-    text = written["results.md"].read_text()
+    text = written["results.md"].read_text(encoding="utf-8")
     assert "| KD | DenseNet-121 | 55.0 ± 7.1 | 55.8 ± 7.0 |" in text  # seeds 0.5, 0.6 -> 55.0 +- 7.07
     assert "## GroupDistil against the group weight step size eta_w" in text
     assert "| 1 | 56.0 ± 7.1 | 56.0 ± 7.1 |" in text  # 0.5 + 0.01 * 1, 0.6 + 0.01 * 1
@@ -254,7 +254,7 @@ def test_grid_end_to_end(tmp_path, caplog, cohort, bundle):
     teacher = next(r["run_dir"] for r in rows if r["run"] == "teacher" and r["seed"] == "1")
     kd = Path(next(r["run_dir"] for r in rows if r["run"] == "kd" and r["seed"] == "1"))
     assert json.loads((kd / RUN_ARGS).read_text())["teacher_ckpt"] == str(Path(teacher) / "model_final.pt")
-    text = (out / "results.md").read_text()
+    text = (out / "results.md").read_text(encoding="utf-8")
     assert "| GroupDistil | DenseNet-121 |" in text and "## GroupDistil against the group weight step size" in text
     for name in ("group_weights_mnms_demo.png", "group_accuracy_mnms_demo.png", "group_weights_eta_mnms_demo.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
