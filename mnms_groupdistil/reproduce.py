@@ -1,0 +1,575 @@
+"""Run the paper's experiment grid through the bundles over several seeds, and summarise it.
+
+    python -m mnms_groupdistil.reproduce /data/MnM/OpenDataset --seeds 0 1 2 3 4 --output_dir runs/reproduce
+
+For every split and training seed the grid trains, each in its own process with MONAI's bundle
+runner and the same configs users run: a groupDRO ResNet-18 teacher (``train.json`` +
+``train_teacher.json``), a groupDRO DenseNet-121 student from scratch (``train_groupdro.json``),
+a KD student (``train_kd.json``) and a GroupDistil student (``train.json``), both distilled from
+the teacher of that split and seed. ``--group_step_sizes 0 0.001 0.01 0.1 1`` adds one GroupDistil
+run per group-weight step size ``eta_w``. The patients of a split are fixed by ``--split_seed``;
+``--seeds`` vary the training only.
+
+Runs live in ``<output_dir>/runs/<dataset>/<split>/seed<seed>/<run>``. A run whose
+``metrics.json`` reports the configured number of epochs is reused; any other is started again
+with the same settings, and the bundle resumes it from the last checkpoint in its folder. Every
+run records its settings in ``run_args.json`` (the ``--args_file`` of ``python -m monai.bundle
+run``) and its output in ``bundle.log``; a folder started with other settings is refused rather
+than mixed. Extra settings reach every run: ``--config_file configs/demo.json`` merges a JSON on
+top of each run's configs, ``--override max_epochs=1 image_size=32 device=cpu`` sets single ids.
+
+Written to ``output_dir``: ``results.csv`` (one row per run), ``results.md`` (mean +- sample
+standard deviation over seeds beside the paper's figures, per-group accuracy, the ``eta_w``
+table) and PNG plots (group weights over training and per-group accuracy per method, accuracy
+against ``eta_w``).
+
+About ``eta_w = 0``: the group weights then stay uniform, ``w_d = 1/G``, and the robust objective
+is ``sum_d (1/G) * mean_{i in d} l_i``, i.e. every sample of group ``d`` weighs ``1/(G n_d)`` in a
+batch holding ``n_d`` samples of that group. Plain KD weighs every sample ``1/B``. The two agree
+exactly when every batch holds each of the G groups equally often (``n_d = B/G``); then
+GroupDistil with ``eta_w = 0`` and mixed batches (``group_batches=False``, the same shuffled
+loader as KD) trains the same network as KD, up to floating-point rounding. On other batches it
+is a group-balanced reweighting of KD, and with one-group batches (Algorithm 1, the default) it
+trains on other batches than KD altogether: in general ``eta_w = 0`` is not KD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnms_groupdistil.paper import (
+    DATASETS,
+    MEAN,
+    WORST,
+    DatasetSpec,
+    Method,
+    Metric,
+    group_table,
+    is_finite,
+    paper_table,
+    plot_group_accuracy,
+    plot_group_weights,
+    plot_step_sizes,
+    result_row,
+    step_size_table,
+    write_csv,
+)
+
+__all__ = [
+    "Run",
+    "bundle_args",
+    "config_files",
+    "load_metrics",
+    "main",
+    "parse_overrides",
+    "plan_runs",
+    "resolve_setting",
+    "run_bundle",
+    "run_grid",
+    "run_key",
+    "run_state",
+    "teacher_checkpoint",
+    "write_outputs",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Bundle folders of a source checkout (``<repository>/bundles``).
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+
+#: Name of the settings file written into every run folder (``--args_file`` of the bundle runner).
+RUN_ARGS = "run_args.json"
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the grid.
+
+    Attributes:
+        split: the split name.
+        seed: the training seed.
+        method: what is trained.
+        step_size: ``eta_w`` of a step-size run; None keeps the configs' own.
+        run_dir: the run's ``output_dir``.
+        teacher_dir: the ``output_dir`` of the teacher it distils from, or None.
+    """
+
+    split: str
+    seed: int
+    method: Method
+    step_size: float | None
+    run_dir: Path
+    teacher_dir: Path | None = None
+
+    @property
+    def key(self) -> str:
+        return run_key(self.method, self.step_size)
+
+    @property
+    def name(self) -> str:
+        return f"{self.split} seed {self.seed} {self.key}"
+
+
+def run_key(method: Method, step_size: float | None) -> str:
+    """Folder and ``results.csv`` name of a run: the method, with ``_eta<step size>`` for a step-size run."""
+    return method.key if step_size is None else f"{method.key}_eta{step_size:g}"
+
+
+def plan_runs(
+    spec: DatasetSpec,
+    seeds: Sequence[int],
+    output_dir: str | Path,
+    splits: Sequence[str] | None = None,
+    step_sizes: Sequence[float] = (),
+    default_step_size: float | None = None,
+) -> list[Run]:
+    """The grid's runs in the order they can run: per split and seed, the teacher first.
+
+    Args:
+        spec: the dataset.
+        seeds: training seeds (each gives one run per method).
+        output_dir: the grid's folder; runs go to ``<output_dir>/runs/<dataset>/<split>/seed<seed>/<run>``.
+        splits: splits to run; default: the paper's (``spec.splits``).
+        step_sizes: ``eta_w`` values for extra runs of ``spec.sweep``.
+        default_step_size: the ``eta_w`` the configs give ``spec.sweep``; that step size reuses
+            the method's own run instead of training it twice.
+
+    Raises:
+        ValueError: on an empty or repeated seed list, a repeated split or a negative step size.
+    """
+    seeds = [int(s) for s in seeds]
+    splits = list(spec.splits if splits is None else splits)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}.")
+    if not splits or len(set(splits)) != len(splits):
+        raise ValueError(f"splits must be a non-empty list of distinct names, got {splits}.")
+    if any(not math.isfinite(float(s)) or float(s) < 0 for s in step_sizes):
+        raise ValueError(f"group_step_sizes must be finite and >= 0, got {list(step_sizes)}.")
+    sweep = spec.method(spec.sweep)
+    extra = [s for s in dict.fromkeys(float(s) for s in step_sizes) if s != default_step_size]
+    runs: list[Run] = []
+    for split in splits:
+        for seed in seeds:
+            folder = Path(output_dir) / "runs" / spec.name / split / f"seed{seed}"
+            teacher_dir = folder / spec.teacher
+            for method, eta in [*((m, None) for m in spec.methods), *((sweep, eta) for eta in extra)]:
+                key = run_key(method, eta)
+                runs.append(Run(split, seed, method, eta, folder / key, teacher_dir if method.distils else None))
+    return runs
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["max_epochs=1", "device=cpu"]`` -> ``{"max_epochs": 1, "device": "cpu"}``.
+
+    Values are Python literals (``1``, ``0.5``, ``False``, ``[1, 99]``, ``None``); anything else is a string.
+
+    Raises:
+        ValueError: for an item without ``=`` or with an empty id.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--override takes ID=VALUE items (e.g. max_epochs=1), got '{item}'.")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        overrides[key.strip()] = value
+    return overrides
+
+
+#: Bundle ids the grid sets itself; an override of one of them is refused.
+GRID_IDS = ("run_id", "config_file", "dataset_dir", "output_dir", "seed", "split_seed", "teacher_ckpt")
+
+
+def config_files(
+    spec: DatasetSpec, method: Method, bundles_dir: str | Path = BUNDLES_DIR, extra_configs: Sequence[str | Path] = ()
+) -> list[str]:
+    """The config files a run of ``method`` merges: the bundle's, then ``extra_configs``."""
+    configs = Path(bundles_dir) / spec.bundle / "configs"
+    return [str(configs / name) for name in method.configs] + [str(c) for c in extra_configs]
+
+
+def bundle_args(
+    spec: DatasetSpec,
+    run: Run,
+    dataset_dir: str | Path,
+    bundles_dir: str | Path = BUNDLES_DIR,
+    extra_configs: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    split_seed: int = 0,
+    teacher_ckpt: str | Path | None = None,
+) -> dict[str, Any]:
+    """The arguments of ``python -m monai.bundle run`` for one run (written as its ``--args_file``).
+
+    Args:
+        spec: the dataset.
+        run: the run.
+        dataset_dir: the dataset's root folder.
+        bundles_dir: folder holding ``spec.bundle``.
+        extra_configs: JSON files merged on top of the method's configs.
+        overrides: single bundle ids to set.
+        split_seed: seed that fixes the split's patients.
+        teacher_ckpt: the teacher's model, for a distilling method.
+
+    Raises:
+        ValueError: when ``overrides`` sets an id the grid controls, or a distilling run has no teacher.
+    """
+    overrides = dict(overrides or {})
+    taken = sorted(set(overrides) & {*GRID_IDS, *([spec.split_id] if spec.split_id else [])})
+    if taken:
+        raise ValueError(
+            f"--override sets {', '.join(taken)}, which the grid sets itself "
+            "(use --seeds, --splits, --split_seed, --output_dir instead)."
+        )
+    if run.method.distils and teacher_ckpt is None:
+        raise ValueError(f"run {run.name} distils from a teacher: teacher_ckpt is needed.")
+    args: dict[str, Any] = {
+        "run_id": "training",
+        "config_file": config_files(spec, run.method, bundles_dir, extra_configs),
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(run.run_dir),
+        "seed": run.seed,
+        "split_seed": int(split_seed),
+    }
+    if spec.split_id:
+        args[spec.split_id] = run.split
+    args.update(overrides)
+    if run.step_size is not None:
+        args["group_step_size"] = run.step_size
+    if teacher_ckpt is not None:
+        args["teacher_ckpt"] = str(teacher_ckpt)
+    return args
+
+
+def resolve_setting(args: Mapping[str, Any], config_id: str) -> Any:
+    """The value a bundle run with ``args`` gives ``config_id`` (configs merged, overrides applied).
+
+    Args:
+        args: ``config_file`` (list) and the overrides, as from :func:`bundle_args`.
+        config_id: the bundle id, e.g. ``group_step_size`` or ``train#trainer#max_epochs``.
+    """
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(list(args["config_file"]))
+    parser.update({k: v for k, v in args.items() if k not in ("run_id", "config_file")})
+    return parser.get_parsed_content(config_id)
+
+
+# ------------------------------------------------------------------------------- running it
+
+
+def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's ``metrics.json``, or None when it has none (yet) or it cannot be read."""
+    path = Path(run_dir) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def run_state(run_dir: str | Path, max_epochs: int, required: Sequence[str] = (WORST.key,)) -> str:
+    """``"done"``, ``"partial"`` or ``"new"``.
+
+    Done: the ``history`` of the run's ``metrics.json`` holds an evaluation of epoch ``max_epochs``
+    (or later) and its reported ``metrics`` hold every ``required`` figure. Partial: the folder
+    holds a checkpoint or a ``metrics.json`` of earlier epochs (the bundle resumes it). New: neither.
+    """
+    report = load_metrics(run_dir)
+    if report is not None:
+        epochs = [entry.get("epoch") for entry in report.get("history", [])]
+        last = max((e for e in epochs if isinstance(e, int)), default=0)
+        metrics = report.get("metrics") or {}
+        if last >= max_epochs and all(is_finite(metrics.get(k)) for k in required):
+            return "done"
+        return "partial"
+    return "partial" if any(Path(run_dir).glob("checkpoint*.pt")) else "new"
+
+
+def run_bundle(args_path: Path, log_path: Path) -> int:
+    """Run one bundle training in a new Python process; its output is appended to ``log_path``.
+
+    Returns:
+        The process's exit status.
+    """
+    command = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(args_path)]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+
+
+def teacher_checkpoint(teacher_dir: Path) -> Path:
+    """The model a finished teacher run reports (``metrics.json`` ``selection.checkpoint``; default ``model_final.pt``).
+
+    Raises:
+        ValueError: when that file does not exist.
+    """
+    report = load_metrics(teacher_dir) or {}
+    name = (report.get("selection") or {}).get("checkpoint") or "model_final.pt"
+    path = Path(name) if Path(name).is_absolute() else teacher_dir / name
+    if not path.is_file():
+        raise ValueError(f"the teacher run {teacher_dir} has no model file {path}: did it finish?")
+    return path
+
+
+def _summary(report: Mapping[str, Any] | None, metrics: Sequence[Metric]) -> str:
+    values = (report or {}).get("metrics", {})
+    return ", ".join(f"{m.label} {_percent(values.get(m.key))}" for m in metrics)
+
+
+def _percent(value: Any) -> str:
+    return "-" if not is_finite(value) else f"{100 * float(value):.1f}%"
+
+
+def run_grid(
+    spec: DatasetSpec,
+    runs: Sequence[Run],
+    dataset_dir: str | Path,
+    bundles_dir: str | Path = BUNDLES_DIR,
+    extra_configs: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    split_seed: int = 0,
+    runner: Callable[[Path, Path], int] = run_bundle,
+) -> list[dict[str, Any]]:
+    """Train the runs that are not finished, in order, and return one :func:`result_row` per run.
+
+    Logs one progress line per run (``[i/N] name: ...`` with its time and result).
+
+    Args:
+        spec: the dataset.
+        runs: from :func:`plan_runs`.
+        dataset_dir, bundles_dir, extra_configs, overrides, split_seed: see :func:`bundle_args`.
+        runner: ``(args_path, log_path) -> exit status``; default :func:`run_bundle`.
+
+    Raises:
+        ValueError: when a run folder holds a run started with other settings.
+        RuntimeError: when a run fails or ends without reporting all its epochs (its log is named).
+    """
+    rows = []
+    required = [m.key for m in (*spec.headline, WORST, MEAN)]
+    for index, run in enumerate(runs, start=1):
+        prefix = f"[{index}/{len(runs)}] {spec.name} {run.name}"
+        teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
+        args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
+        args_path = run.run_dir / RUN_ARGS
+        if args_path.is_file():
+            before = json.loads(args_path.read_text(encoding="utf-8"))
+            if before != args:
+                changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
+                raise ValueError(
+                    f"{run.run_dir} holds a run started with other settings ({', '.join(changed)} differ in "
+                    f"{args_path}): use another --output_dir, or remove that folder to train it again."
+                )
+        max_epochs = int(resolve_setting(args, "train#trainer#max_epochs"))
+        state = run_state(run.run_dir, max_epochs, required)
+        eta_w = float(resolve_setting(args, "group_step_size")) if run.method.robust else None
+        if state == "done":
+            report = load_metrics(run.run_dir)
+            logger.info(f"{prefix}: finished earlier, reused; {_summary(report, spec.headline)}")
+            rows.append(_row(spec, run, report, eta_w))
+            continue
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        args_path.write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
+        log_path = run.run_dir / "bundle.log"
+        action = "resuming" if state == "partial" else "training"
+        logger.info(f"{prefix}: {action} (log: {log_path})")
+        start = time.monotonic()
+        status = runner(args_path, log_path)
+        seconds = time.monotonic() - start
+        if status != 0 or run_state(run.run_dir, max_epochs, required) != "done":
+            if status:
+                what = f"failed (exit status {status})"
+            else:
+                what = f"ended without reporting epoch {max_epochs} in {run.run_dir / 'metrics.json'}"
+            raise RuntimeError(
+                f"{prefix} {what}; see {log_path}. The same command resumes it from its last checkpoint; "
+                f"remove {run.run_dir} to train it from scratch. Last lines of the log:\n{_tail(log_path)}"
+            )
+        report = load_metrics(run.run_dir)
+        logger.info(f"{prefix}: done in {seconds:.0f} s; {_summary(report, spec.headline)}")
+        rows.append(_row(spec, run, report, eta_w))
+    return rows
+
+
+def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | None) -> dict[str, Any]:
+    identity = {"split": run.split, "run": run.key, "method": run.method.key, "seed": run.seed}
+    return result_row(spec, report, **identity, eta_w=eta_w, run_dir=run.run_dir)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# ------------------------------------------------------------------------------ the results
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def write_outputs(
+    spec: DatasetSpec,
+    runs: Sequence[Run],
+    rows: Sequence[Mapping[str, Any]],
+    output_dir: str | Path,
+    settings: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write ``results.csv``, ``results.md`` and the plots; return them by name.
+
+    Args:
+        spec: the dataset.
+        runs: the runs, in the order of ``rows``.
+        rows: from :func:`result_row`.
+        output_dir: where to write.
+        settings: lines describing how the grid was run, printed at the top of ``results.md``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = list(dict.fromkeys(run.split for run in runs))
+    seeds = sorted({run.seed for run in runs})
+    written = {"results.csv": write_csv(rows, out / "results.csv")}
+    plots: list[Path] = []
+    for split in splits:
+        mine = [run for run in runs if run.split == split]
+        accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}.png")
+        methods = {f"{m.label} {m.network}": [r.run_dir for r in mine if r.key == m.key] for m in spec.methods}
+        weights = plot_group_weights(
+            methods, out / f"group_weights_{spec.name}_{split}.png", f"{spec.name} {split}: group weights",
+            spec.group_label,
+        )
+        by_eta: dict[float, list[Path]] = {}
+        for row, run in zip(rows, runs):
+            if run.split == split and run.method.key == spec.sweep and row["eta_w"] is not None:
+                by_eta.setdefault(float(row["eta_w"]), []).append(run.run_dir)
+        sweep_weights = None
+        if len(by_eta) > 1:
+            sweep_weights = plot_group_weights(
+                {f"eta_w = {eta:g}": by_eta[eta] for eta in sorted(by_eta)},
+                out / f"group_weights_eta_{spec.name}_{split}.png",
+                f"{spec.name} {split}: {spec.method(spec.sweep).label} group weights per eta_w",
+                spec.group_label,
+            )
+        steps = plot_step_sizes(spec, rows, split, out / f"step_sizes_{spec.name}_{split}.png")
+        plots += [p for p in (accuracy, weights, sweep_weights, steps) if p is not None]
+    lines = [f"# {spec.title}", ""]
+    lines += [f"- {s}" for s in settings]
+    lines += [
+        f"- Training seeds: {', '.join(map(str, seeds))} ({len(seeds)}); the paper averaged {spec.paper_seeds}.",
+        "- Ours: mean ± sample standard deviation over the seeds, in %. "
+        "Paper: its reported mean (± std where given).",
+        "",
+        *paper_table(spec, rows, splits),
+        "",
+    ]
+    if spec.note:
+        lines += [spec.note, ""]
+    for split in splits:
+        lines += [f"## Per-group test accuracy (%), {split}", "", *group_table(spec, rows, split), ""]
+    if any(run.step_size is not None for run in runs):
+        label = spec.method(spec.sweep).label
+        lines += [
+            f"## {label} against the group weight step size eta_w (test accuracy, %)",
+            "",
+            *step_size_table(spec, rows, splits),
+            "",
+            f"With eta_w = 0 the weights stay uniform and {label} trains on sum_d (1/G) mean_d: the same objective "
+            "as KD only on batches that hold every group equally often; with one-group batches (the default) "
+            "it is not KD.",
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", "", *(f"- `{p.name}`" for p in plots), ""]
+    written["results.md"] = out / "results.md"
+    written["results.md"].write_text("\n".join(lines), encoding="utf-8")
+    written.update({p.name: p for p in plots})
+    return written
+
+
+def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] = run_bundle) -> int:
+    """The command line; ``runner`` executes each run (default: a new Python process, :func:`run_bundle`).
+
+    Returns:
+        The exit status: 0, or 1 when a run failed or a run folder holds other settings.
+    """
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset_dir", help="the dataset's root folder (M&Ms: the OpenDataset folder)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnms")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: as many as the paper)")
+    parser.add_argument("--output_dir", default="runs/reproduce", help="runs, tables and plots go here")
+    parser.add_argument("--splits", nargs="+", help="splits to run (default: the paper's)")
+    parser.add_argument("--split_seed", type=int, default=0, help="seed that fixes each split's patients")
+    parser.add_argument("--group_step_sizes", type=float, nargs="*", default=[], help="extra eta_w runs")
+    parser.add_argument("--config_file", nargs="*", default=[], help="JSON files merged on top of every run's configs")
+    parser.add_argument("--override", nargs="*", default=[], help="ID=VALUE bundle settings for every run")
+    parser.add_argument("--bundles_dir", default=str(BUNDLES_DIR), help="folder holding the bundles")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    spec = DATASETS[args.dataset]
+    bundle = Path(args.bundles_dir) / spec.bundle
+    if not (bundle / "configs").is_dir():
+        parser.error(f"--bundles_dir {args.bundles_dir}: no bundle {spec.bundle} with a configs folder there.")
+    if not Path(args.dataset_dir).is_dir():
+        parser.error(f"dataset_dir {args.dataset_dir} is not a folder.")
+    for config in args.config_file:
+        if not Path(config).is_file():
+            parser.error(f"--config_file {config} does not exist.")
+    try:
+        overrides = parse_overrides(args.override)
+        seeds = args.seeds if args.seeds is not None else list(range(spec.paper_seeds))
+        sweep = spec.method(spec.sweep)
+        sweep_args = {"config_file": config_files(spec, sweep, args.bundles_dir, args.config_file), **overrides}
+        default_step = float(resolve_setting(sweep_args, "group_step_size"))
+        runs = plan_runs(spec, seeds, args.output_dir, args.splits, args.group_step_sizes, default_step)
+    except ValueError as error:
+        parser.error(str(error))
+    logger.info(f"{len(runs)} runs of {spec.name} in {Path(args.output_dir) / 'runs' / spec.name}")
+    if args.dry_run:
+        for index, run in enumerate(runs, start=1):
+            configs = config_files(spec, run.method, args.bundles_dir, args.config_file)
+            max_epochs = int(resolve_setting({"config_file": configs, **overrides}, "train#trainer#max_epochs"))
+            state = run_state(run.run_dir, max_epochs)
+            logger.info(f"[{index}/{len(runs)}] {spec.name} {run.name}: {state}")
+        return 0
+    start = time.monotonic()
+    try:
+        rows = run_grid(
+            spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed, runner
+        )
+    except (RuntimeError, ValueError) as error:
+        logger.error(str(error))
+        return 1
+    settings = [
+        f"Command: `python -m mnms_groupdistil.reproduce {shlex.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Split seed {args.split_seed}; bundle `{spec.bundle}`; extra configs: "
+        f"{', '.join(args.config_file) or 'none'}; overrides: {', '.join(args.override) or 'none'}.",
+    ]
+    written = write_outputs(spec, runs, rows, args.output_dir, settings)
+    print("\n".join(paper_table(spec, rows, list(dict.fromkeys(r.split for r in runs)))))
+    logger.info(f"{len(runs)} runs in {time.monotonic() - start:.0f} s; wrote {', '.join(map(str, written.values()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""The paper's grid description and the summaries over seeds: rows, mean +- sample std, tables, plots.
+
+Every expected number is computed by hand in the comments next to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from mnms_groupdistil.paper import (
+    DATASETS,
+    MNMS,
+    format_mean_std,
+    group_table,
+    mean_std,
+    paper_table,
+    plot_group_accuracy,
+    plot_step_sizes,
+    result_row,
+    step_size_table,
+    write_csv,
+)
+
+
+def report(worst, mean, per_group, rule="last_epoch", epoch=5):
+    metrics = {"test_worst_group_acc": worst, "test_mean_group_acc": mean}
+    metrics.update({f"test_acc_{g}": v for g, v in per_group.items()})
+    return {"selection": {"rule": rule, "epoch": epoch, "checkpoint": "model_final.pt"}, "metrics": metrics}
+
+
+def row(split, run, seed, worst, mean=None, per_group=None, eta_w=None):
+    method = run.split("_eta")[0]
+    per_group = per_group or {}
+    return result_row(
+        MNMS, report(worst, mean, per_group), split=split, run=run, method=method, seed=seed, eta_w=eta_w
+    )
+
+
+def test_mean_and_sample_std_by_hand():
+    # mean (0.5 + 0.7 + 0.6) / 3 = 0.6; deviations -0.1, 0.1, 0 -> sum of squares 0.02 / (3 - 1) = 0.01 -> std 0.1
+    mean, std, n = mean_std([0.5, 0.7, 0.6])
+    assert (n, mean, std) == (3, pytest.approx(0.6), pytest.approx(0.1))
+    # None and NaN do not count: (0.5, 0.7) -> mean 0.6, std sqrt((0.01 + 0.01) / 1) = 0.141421...
+    mean, std, n = mean_std([0.5, None, float("nan"), 0.7])
+    assert (n, mean, std) == (2, pytest.approx(0.6), pytest.approx(math.sqrt(0.02)))
+    assert mean_std([0.4]) == (0.4, None, 1)  # one seed: no spread
+    assert mean_std([None]) == (None, None, 0)
+
+
+def test_format_mean_std():
+    assert format_mean_std(0.558, 0.07) == "55.8 ± 7.0"
+    assert format_mean_std(0.5, None) == "50.0"
+    assert format_mean_std(None, None) == "-"
+    assert format_mean_std(62.8, 4.9, scale=1) == "62.8 ± 4.9"
+
+
+def test_result_row_reads_test_figures_and_leaves_absent_ones_empty():
+    metrics = report(0.5, 0.5, {"C": 0.5})
+    metrics["metrics"].update({"test_acc_A": None, "test_acc_D": float("nan"), "test_patient_worst_group_acc": 1.0})
+    r = result_row(MNMS, metrics, split="split1", run="kd", method="kd", seed=3, eta_w=None, run_dir="x")
+    assert r["dataset"] == "mnms" and r["split"] == "split1" and r["seed"] == 3 and r["eta_w"] is None
+    assert (r["worst_group"], r["mean_group"], r["acc_C"]) == (0.5, 0.5, 0.5)
+    assert r["acc_A"] is None and r["acc_D"] is None  # null and NaN: vendor not in the test set
+    assert r["patient_worst_group"] == 1.0 and r["patient_mean_group"] is None
+    assert r["selection"] == "last_epoch" and r["selected_epoch"] == 5
+
+
+def test_paper_table_shape_and_numbers():
+    rows = [
+        # split1 KD: 0.5, 0.7 -> 60.0 +- 14.1 (sqrt(0.02) = 0.1414)
+        row("split1", "kd", 0, 0.5),
+        row("split1", "kd", 1, 0.7),
+        # split1 GroupDistil: 0.6, 0.8 -> 70.0 +- 14.1
+        row("split1", "groupdistil", 0, 0.6, eta_w=0.01),
+        row("split1", "groupdistil", 1, 0.8, eta_w=0.01),
+        # split2 teacher: one seed -> 62.5 without spread
+        row("split2", "teacher", 0, 0.625, eta_w=0.01),
+    ]
+    lines = paper_table(MNMS, rows, ["split1", "split2"])
+    assert lines[0] == "| method | network | split1 | split1 (paper) | split2 | split2 (paper) |"
+    assert lines[1] == "|---|---|---|---|---|---|"
+    assert len(lines) == 2 + len(MNMS.methods)
+    assert lines[2] == "| groupDRO | ResNet-18 (teacher) | - | 53.3 | 62.5 | 62.2 |"
+    assert lines[3] == "| groupDRO | DenseNet-121 | - | 46.7 | - | 56.2 |"
+    assert lines[4] == "| KD | DenseNet-121 | 60.0 ± 14.1 | 55.8 ± 7.0 | - | 64.2 ± 7.4 |"
+    assert lines[5] == "| GroupDistil | DenseNet-121 | 70.0 ± 14.1 | 62.8 ± 4.9 | - | 66.5 ± 2.8 |"
+
+
+def test_step_size_runs_stay_out_of_the_method_rows():
+    rows = [row("split1", "groupdistil", 0, 0.6, eta_w=0.01), row("split1", "groupdistil_eta1", 0, 0.1, eta_w=1.0)]
+    assert paper_table(MNMS, rows, ["split1"])[5] == "| GroupDistil | DenseNet-121 | 60.0 | 62.8 ± 4.9 |"
+
+
+def test_group_table_leaves_out_groups_without_test_data():
+    rows = [
+        row("split1", "kd", 0, 0.5, 0.5, {"C": 0.5}),
+        row("split1", "kd", 1, 1.0, 1.0, {"C": 1.0}),
+    ]
+    lines = group_table(MNMS, rows, "split1")
+    assert lines[0] == "| method | network | vendor C | worst-group | mean-group |"
+    # C: 0.5, 1.0 -> 75.0, std sqrt((0.25^2 * 2) / 1) = 0.35355 -> 35.4
+    assert lines[4] == "| KD | DenseNet-121 | 75.0 ± 35.4 | 75.0 ± 35.4 | 75.0 ± 35.4 |"
+    assert lines[2] == "| groupDRO | ResNet-18 (teacher) | - | - | - |"
+
+
+def test_step_size_table_lists_kd_then_each_step_size():
+    rows = [
+        row("split1", "kd", 0, 0.4, 0.6),
+        row("split1", "groupdistil_eta0", 0, 0.3, 0.5, eta_w=0.0),
+        row("split1", "groupdistil_eta0", 1, 0.5, 0.7, eta_w=0.0),
+        row("split1", "groupdistil", 0, 0.6, 0.7, eta_w=0.01),
+    ]
+    lines = step_size_table(MNMS, rows, ["split1"])
+    assert lines[0] == "| eta_w | split1 worst-group | split1 mean-group |"
+    assert lines[2] == "| KD (fixed weights) | 40.0 | 60.0 |"
+    # eta 0: worst 0.3, 0.5 -> 40.0 +- 14.1; mean 0.5, 0.7 -> 60.0 +- 14.1
+    assert lines[3] == "| 0 | 40.0 ± 14.1 | 60.0 ± 14.1 |"
+    assert lines[4] == "| 0.01 | 60.0 | 70.0 |"
+    assert len(lines) == 5
+
+
+def test_csv_has_one_row_per_run_and_empty_cells_for_missing(tmp_path):
+    rows = [row("split1", "kd", 0, 0.5, 0.5, {"C": 0.5}), row("split1", "groupdistil", 0, 0.75, eta_w=0.01)]
+    path = write_csv(rows, tmp_path / "results.csv")
+    with open(path, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert len(read) == 2
+    assert read[0]["acc_C"] == "0.5" and read[0]["acc_A"] == "" and read[0]["eta_w"] == ""
+    assert read[1]["worst_group"] == "0.75" and read[1]["eta_w"] == "0.01" and read[1]["mean_group"] == ""
+    assert {"dataset", "split", "method", "seed", "eta_w", "worst_group", "mean_group"} <= set(read[0])
+
+
+def test_plots_are_written(tmp_path):
+    rows = [
+        row("demo", method, seed, 0.5 + 0.1 * seed, 0.6, {"A": 0.6, "C": 0.5, "D": 0.7}, eta_w=eta)
+        for seed in (0, 1)
+        for method, eta in (("teacher", 0.01), ("groupdro", 0.01), ("kd", None), ("groupdistil", 0.01))
+    ]
+    rows += [row("demo", "groupdistil_eta0", seed, 0.4, 0.5, eta_w=0.0) for seed in (0, 1)]
+    bars = plot_group_accuracy(MNMS, rows, "demo", tmp_path / "bars.png")
+    steps = plot_step_sizes(MNMS, rows, "demo", tmp_path / "steps.png")
+    for path in (bars, steps):
+        assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_group_accuracy(MNMS, rows, "split9", tmp_path / "none.png") is None  # no rows of that split
+
+
+def test_method_lookup_names_the_known_methods():
+    with pytest.raises(ValueError, match="no method 'erm'.*teacher, groupdro, kd, groupdistil"):
+        MNMS.method("erm")
+    assert DATASETS["mnms"] is MNMS
