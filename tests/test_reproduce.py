@@ -285,4 +285,4 @@ def test_run_bundle_trains_in_a_new_process(tmp_path, cohort):
             patch.setenv(key, value)
         assert run_bundle(run.run_dir / RUN_ARGS, run.run_dir / "bundle.log") == 0
     assert run_state(run.run_dir, 1) == "done"
-    assert "--args_file" in (run.run_dir / "bundle.log").read_text().splitlines()[0]
+    assert "--args_file" in (run.run_dir / "bundle.log").read_text(encoding="utf-8", errors="replace").splitlines()[0]
