@@ -1,4 +1,7 @@
-"""Inference on cine MRI without labels: find the volumes (NIfTI or DICOM), write per-patient predictions.
+"""Inference without labels: find the inputs, write the predictions to CSV.
+
+Cine MRI (M&Ms bundle): per-patient predictions from 4D volumes (NIfTI or DICOM). Natural images
+(Waterbirds bundle): one prediction per image (:class:`ImagePredictionWriter`).
 
 The bundle's ``inference.json`` classifies every slice at every (``frame_stride``-th) frame of each
 4D volume and combines a volume's frames by majority vote, as the evaluation does per patient.
@@ -31,7 +34,7 @@ from .errors import InputError
 from .metrics import majority_vote
 from .transforms import LoadCineVolume
 
-__all__ = ["LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
+__all__ = ["ImagePredictionWriter", "LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
 
 
 def _dicom_folders(root: Path) -> list[Path]:
@@ -254,3 +257,67 @@ class PatientPredictionWriter:
             len(by_subject) / max(seconds, 1e-9),
             len(self._rows) / max(seconds, 1e-9),
         )
+
+
+class ImagePredictionWriter:
+    """Collect an evaluator's predictions and write one row per image to CSV.
+
+    Columns: ``image`` (the record's identifier, e.g. its path relative to the input folder),
+    ``prediction`` (the class with the largest probability) and ``probability_<class>`` for every
+    class.
+
+    Args:
+        filepath: the CSV to write (parent folders are created).
+        class_names: one name per output channel.
+        output_transform: engine output -> per-image logits.
+        batch_transform: engine batch -> per-image identifiers.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        filepath: str | Path,
+        class_names: Sequence[str],
+        output_transform: Callable = from_engine(["pred"]),
+        batch_transform: Callable = from_engine(["subject"]),
+        name: str | None = None,
+    ) -> None:
+        self.filepath = Path(filepath)
+        self.class_names = [str(c) for c in class_names]
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.logger = logging.getLogger(name or __name__)
+        self._rows: list[tuple[str, torch.Tensor]] = []
+
+    def attach(self, engine: Engine) -> None:
+        for event, handler in (
+            (Events.EPOCH_STARTED, self.epoch_started),
+            (Events.ITERATION_COMPLETED, self.iteration_completed),
+            (Events.EPOCH_COMPLETED, self.epoch_completed),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._rows = []
+
+    def iteration_completed(self, engine: Engine) -> None:
+        logits = self.output_transform(engine.state.output)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
+        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
+        names = self.batch_transform(engine.state.batch)
+        if isinstance(names, tuple):
+            names = names[0]
+        self._rows += [(str(n), p) for n, p in zip(names, probabilities)]
+
+    def epoch_completed(self, engine: Engine) -> None:
+        self.filepath.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.filepath, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "prediction", *(f"probability_{c}" for c in self.class_names)])
+            for image, p in self._rows:
+                writer.writerow([image, self.class_names[int(p.argmax())], *(f"{v:.4f}" for v in p.tolist())])
+        counts = {c: sum(int(p.argmax()) == i for _, p in self._rows) for i, c in enumerate(self.class_names)}
+        self.logger.info("wrote %s: %d images, %s", self.filepath, len(self._rows), counts)

@@ -7,7 +7,8 @@ classes, optionally initialises them from a *local* ImageNet state-dict file,
 and loads trained checkpoints into a frozen teacher.
 
 Nothing is ever downloaded: torchvision models are always created with
-``weights=None`` and ImageNet weights come only from ``pretrained_path``.
+``weights=None`` and ImageNet weights come only from a local file: ``pretrained_path``,
+or the file torchvision itself keeps in its cache (see :func:`find_imagenet_weights`).
 
 Example (MONAI bundle config)::
 
@@ -43,6 +44,7 @@ __all__ = [
     "SUPPORTED_NETWORKS",
     "CheckpointNotFoundError",
     "build_network",
+    "find_imagenet_weights",
     "load_network",
     "frozen",
 ]
@@ -286,6 +288,59 @@ def build_network(
         os.fspath(pretrained_path) if pretrained_path is not None else None,
     )
     return network
+
+
+def find_imagenet_weights(
+    name: str, pretrained_path: PathLike | None = None, hub_dir: PathLike | None = None
+) -> str | None:
+    """The local ImageNet weights file to initialise ``name`` from, or None; says which in the log.
+
+    ``pretrained_path`` wins when given (it must exist). Otherwise torchvision's own cache is
+    searched: the files torchvision downloads for ``name`` (``IMAGENET1K_V1`` first, as in the
+    papers, then newer versions) under ``<hub_dir>/checkpoints/``, where ``hub_dir`` defaults to
+    ``torch.hub.get_dir()`` (``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``). Nothing is
+    downloaded. When no file is found the log says plainly that the network starts from random
+    initialisation.
+
+    Args:
+        name: a torchvision classification model name, e.g. ``"resnet18"``.
+        pretrained_path: an explicit local weights file, or None to search the cache.
+        hub_dir: torch hub folder to search instead of ``torch.hub.get_dir()``.
+
+    Returns:
+        The path to pass as ``pretrained_path`` of :func:`build_network`, or None.
+
+    Raises:
+        CheckpointNotFoundError: ``pretrained_path`` is given but does not exist.
+        ValueError: ``name`` is not one of :data:`SUPPORTED_NETWORKS`.
+    """
+    if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
+        raise ValueError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
+    key = name.strip().lower()
+    if pretrained_path:
+        path_str = os.fspath(pretrained_path)
+        if not os.path.isfile(path_str):
+            raise CheckpointNotFoundError(
+                f"pretrained_path {path_str!r} does not exist: pass a local torchvision ImageNet state-dict file "
+                "or null (then torchvision's cache is searched, else the network starts random)."
+            )
+        logger.info("%s: ImageNet initialisation from pretrained_path %s.", key, path_str)
+        return path_str
+    folder = os.path.join(os.fspath(hub_dir) if hub_dir is not None else torch.hub.get_dir(), "checkpoints")
+    names = [os.path.basename(w.url) for w in tv_models.get_model_weights(key)]
+    for file_name in names:
+        candidate = os.path.join(folder, file_name)
+        if os.path.isfile(candidate):
+            logger.info("%s: ImageNet initialisation from torchvision's cached file %s.", key, candidate)
+            return candidate
+    logger.warning(
+        "%s: no ImageNet weights (pretrained_path not set and none of %s in %s): the network starts from "
+        "random initialisation.",
+        key,
+        ", ".join(names),
+        folder,
+    )
+    return None
 
 
 def _load_pretrained(

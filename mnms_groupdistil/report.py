@@ -56,6 +56,7 @@ def accuracy_table(
     reports: Sequence[dict[str, Any]],
     prefix: str = "test_acc",
     summaries: Sequence[str] = ("worst_group", "mean_group"),
+    group_label: str = "vendor",
 ) -> str:
     """A text table: one row per group plus summary rows, one column per run.
 
@@ -65,13 +66,15 @@ def accuracy_table(
             ``val_acc`` / ``val_patient_acc`` for validation figures.
         summaries: summary rows, looked up as ``<set>_<summary>_acc`` (frames) or
             ``<set>_patient_<summary>_acc`` (patients), ``<set>`` being ``test`` or ``val`` as in ``prefix``.
+        group_label: word before each group name in the first column (``"vendor"`` for M&Ms; empty
+            for groups with descriptive names such as Waterbirds' ``landbird_water``).
     """
     groups: list[str] = []
     for report in reports:
         groups += [g for g in report.get("per_group", {}) if g not in groups]
     level = "patient_" if "patient" in prefix else ""
     part = prefix.split("_", 1)[0]
-    rows = [[f"vendor {g}", *(_fmt(_value(r, f"{prefix}_{g}")) for r in reports)] for g in groups]
+    rows = [[f"{group_label} {g}".strip(), *(_fmt(_value(r, f"{prefix}_{g}")) for r in reports)] for g in groups]
     rows += [[s.replace("_", "-"), *(_fmt(_value(r, f"{part}_{level}{s}_acc")) for r in reports)] for s in summaries]
     header = ["accuracy", *(r["name"] for r in reports)]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -169,9 +172,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories (output_dir of each training)")
     parser.add_argument("--png", help="write per-group accuracy bars here, and group weights next to it")
+    parser.add_argument(
+        "--dataset", choices=("mnms", "waterbirds"), default="mnms", help="which bundle's runs (table layout)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reports = [load_run(d) for d in args.runs]
+    if args.dataset == "waterbirds":
+        lines = []
+        for report in reports:
+            chosen = report.get("selection") or {}
+            lines.append(
+                f"{report['name']}: {chosen.get('checkpoint', '?')} (rule {chosen.get('rule', '?')}, "
+                f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}"
+            )
+        logger.info("Reported models:\n%s\n", "\n".join(lines))
+        summaries = ("worst_group", "adjusted_average", "mean_group", "average")
+        for part, name in (("test", "Test"), ("val", "Validation")):
+            table = accuracy_table(reports, prefix=f"{part}_acc", summaries=summaries, group_label="")
+            logger.info("%s accuracy (%%) per group:\n%s\n", name, table)
+        return 0
     logger.info("Reported models:\n%s\n", selection_lines(reports))
     logger.info("Test accuracy (%%) per vendor, frames:\n%s\n", accuracy_table(reports))
     logger.info(

@@ -6,8 +6,12 @@
 # figures change with the machine and the seeds.
 # Sets up .venv on first use. RUNS (default runs/demo) and DATA (default demo_data/OpenDataset)
 # can be set in the environment; previous demo runs in RUNS are replaced.
+# `scripts/demo.sh waterbirds` runs the Waterbirds bundle's demo instead (scripts/demo_waterbirds.sh).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
+if [ "${1:-}" = "waterbirds" ]; then
+    exec bash scripts/demo_waterbirds.sh
+fi
 
 DATA="${DATA:-demo_data/OpenDataset}"
 RUNS="${RUNS:-runs/demo}"

@@ -107,7 +107,9 @@ class BundleRunner:
         for key, value in overrides.items():
             command += [f"--{key}", str(value)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
+        )
 
 
 @pytest.fixture(scope="session")

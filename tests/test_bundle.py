@@ -41,6 +41,7 @@ TRAIN = str(CONFIGS / "train.json")
 TEACHER = str(CONFIGS / "train_teacher.json")
 KD = str(CONFIGS / "train_kd.json")
 GROUPDRO = str(CONFIGS / "train_groupdro.json")
+ERM = str(CONFIGS / "train_erm.json")
 EVALUATE = str(CONFIGS / "evaluate.json")
 METADATA = CONFIGS / "metadata.json"
 
@@ -50,7 +51,7 @@ CONFIG_COMBINATIONS = {
     "train+kd": [TRAIN, KD],
     "train+groupdro": [TRAIN, GROUPDRO],
     "train+evaluate": [TRAIN, EVALUATE],
-    "train+erm": [TRAIN, str(CONFIGS / "train_erm.json")],
+    "train+erm": [TRAIN, ERM],
     "train+multi_gpu": [TRAIN, str(CONFIGS / "multi_gpu_train.json")],
     "train+evaluate+multi_gpu": [TRAIN, EVALUATE, str(CONFIGS / "multi_gpu_evaluate.json")],
     "inference": [str(CONFIGS / "inference.json")],
@@ -819,8 +820,19 @@ def test_test_frames_options(bundle, cohort, tmp_path):
         bundle,
         [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "x"), **TINY, test_frames="ED"
     )
-    messages = [str(e) for e in exception_chain(err) if isinstance(e, ValueError)]
+    # an InputError: a bundle run ends with this line (mnms_groupdistil.errors.report_input_errors)
+    messages = [str(e) for e in exception_chain(err) if isinstance(e, InputError)]
     assert any("frames='ED'" in m and "test_frames" in m and "random, ed_es, all" in m for m in messages), messages
+    err = _initialize_error(
+        bundle,
+        [TRAIN, TEACHER],
+        dataset_dir=str(cohort),
+        output_dir=str(tmp_path / "y"),
+        **TINY,
+        val_fraction=1.0,
+    )
+    messages = [str(e) for e in exception_chain(err) if isinstance(e, InputError)]
+    assert any("val_fraction=1.0 must be a number in [0, 1)" in m for m in messages), messages
 
 
 @pytest.fixture(scope="module")
@@ -884,13 +896,14 @@ def test_validation_set_selects_model_pt_and_reports_that_epochs_test_figures(bu
 def test_a_model_learns_the_task(bundle, small_cohort, tmp_path):
     """ERM ResNet-18 for 6 short epochs on the small cohort: held-out accuracy far above chance (0.5).
 
-    Measured on a 2-core CPU with seeds 0, 1, 2: mean group accuracy 0.95, 0.92, 0.91 over frames and
-    1.0 over patients at the last epoch, after 0.5 (one class for every frame) at the first.
+    Measured on a 2-core CPU with seeds 0, 1, 2 (this test uses 0): mean vendor accuracy 0.906, 0.927,
+    0.865 over frames and 1.0, 1.0, 0.833 over patients at the last epoch, after 0.5 (one class for every
+    frame) at the first. It took 23-44 s on that machine, which other jobs shared.
     """
     out = tmp_path / "erm"
     settings = {**TINY, "max_epochs": 6, "batch_size": 16, "frames_per_patient": 8, "test_frames_per_patient": 8}
-    settings.update(mode="erm", learning_rate=0.001)
-    bundle.run([TRAIN, TEACHER], dataset_dir=str(small_cohort), output_dir=str(out), **settings)
+    settings.update(network_name="resnet18", learning_rate=0.001)
+    bundle.run([TRAIN, ERM], dataset_dir=str(small_cohort), output_dir=str(out), **settings)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection"]["epoch"] == 6
     assert metrics["metrics"]["test_mean_group_acc"] >= 0.8, metrics["metrics"]

@@ -19,6 +19,7 @@ from mnms_groupdistil.data.frames import (
     fixed_random_frames,
     random_frames,
 )
+from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.transforms import LoadCineVolumed, RandCineFramed, SelectCineFramed
 
 
@@ -137,7 +138,7 @@ def test_evaluation_frames_by_name(records):
     assert evaluation_frames(records, "ed_es") == ed_es_frames(records)
     every = evaluation_frames(records, "all")
     assert every == all_frames(records) and len(every) == 3 * 5 + 2 * 4 + 4 * 6
-    with pytest.raises(ValueError, match="frames='ED_ES' .*test_frames.* must be one of random, ed_es, all"):
+    with pytest.raises(InputError, match="frames='ED_ES' .*test_frames.* must be one of random, ed_es, all"):
         evaluation_frames(records, "ED_ES")
 
 

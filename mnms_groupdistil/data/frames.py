@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from monai.transforms import apply_transform
 
+from ..errors import InputError
+
 __all__ = [
     "EVALUATION_FRAMES",
     "CineFrameDataset",
@@ -216,7 +218,8 @@ def evaluation_frames(
         seed: seed of the ``"random"`` draw.
 
     Raises:
-        ValueError: ``frames`` is not one of :data:`EVALUATION_FRAMES`; see the chosen function for the rest.
+        InputError: ``frames`` is not one of :data:`EVALUATION_FRAMES` (an ``InputError`` is a ``ValueError``);
+            see the chosen function for the rest.
     """
     if frames == "random":
         return fixed_random_frames(records, frames_per_patient, seed)
@@ -224,7 +227,7 @@ def evaluation_frames(
         return ed_es_frames(records)
     if frames == "all":
         return all_frames(records)
-    raise ValueError(
+    raise InputError(
         f"frames={frames!r} (the bundles' test_frames setting) must be one of {', '.join(EVALUATION_FRAMES)}."
     )
 

@@ -33,6 +33,7 @@ from typing import Any, Union
 
 import numpy as np
 
+from ..errors import InputError
 from .errors import DataError
 from .nifti import cine_volume_problems
 
@@ -531,16 +532,16 @@ def _cell_order(records: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
 
 def _check_split_seed(split_seed: Any) -> int:
     if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or split_seed < 0:
-        raise ValueError(f"split_seed={split_seed!r} must be a non-negative integer.")
+        raise InputError(f"split_seed={split_seed!r} must be a non-negative integer (the seed of the split).")
     return int(split_seed)
 
 
 def _check_val_fraction(val_fraction: Any) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float, np.floating, np.integer)):
-        raise TypeError(f"val_fraction={val_fraction!r} must be a number in [0, 1).")
-    if not 0.0 <= float(val_fraction) < 1.0:
-        raise ValueError(
-            f"val_fraction={val_fraction!r} must lie in [0, 1): the share of training patients kept for validation."
+    number = not isinstance(val_fraction, bool) and isinstance(val_fraction, (int, float, np.floating, np.integer))
+    if not number or not 0.0 <= float(val_fraction) < 1.0:
+        raise InputError(
+            f"val_fraction={val_fraction!r} must be a number in [0, 1): the share of training patients kept "
+            "for validation (0: no validation set)."
         )
     return float(val_fraction)
 
@@ -585,8 +586,8 @@ def select_split(
     Raises:
         MnMsDataError: For an unknown split, or, listing every cell at once, when the cohort
             has too few subjects to fill the split.
-        ValueError: ``split_seed`` is not a non-negative integer, or ``val_fraction`` is outside [0, 1).
-        TypeError: ``val_fraction`` is not a number.
+        InputError: ``split_seed`` is not a non-negative integer, or ``val_fraction`` is not a
+            number in [0, 1) (an ``InputError`` is a ``ValueError``).
     """
     split_seed = _check_split_seed(split_seed)
     val_fraction = _check_val_fraction(val_fraction)
@@ -702,7 +703,7 @@ def prepare_split(
     Raises:
         MnMsDataError: If the CSV is missing or bad, the cohort cannot fill the split, or any
             selected image is missing or broken (all problems listed in one error).
-        ValueError, TypeError: A bad ``split_seed`` or ``val_fraction``.
+        InputError: A bad ``split_seed`` or ``val_fraction``.
     """
     csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
     records = load_mnms_cohort(dataset_dir, csv_path=csv_file)

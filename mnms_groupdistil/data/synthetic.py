@@ -733,7 +733,7 @@ def write_digits_waterbirds(
         alpha = np.zeros((size, size), dtype=np.float32)
         top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
         alpha[top : top + side, left : left + side] = np.asarray(stroke, dtype=np.float32) / 255.0
-        ink = rng.uniform(10, 50, size=3)
+        ink = rng.uniform(215, 250, size=3)
         pixels = background * (1 - alpha[..., None]) + ink * alpha[..., None]
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
         folder = f"{digit:03d}.Digit_{digit}"
