@@ -1,10 +1,11 @@
-"""Errors a user can fix (bad data, bad settings), and how a bundle run shows them.
+"""Errors whose message is complete for a user (bad data, bad settings, a diverged run), and how a
+bundle run shows them.
 
 MONAI's bundle runner evaluates configs inside ``try: ... except Exception as e: raise RuntimeError(
-"Failed to evaluate ...") from e``, so an error raised by this package while a config is read reaches
+"Failed to evaluate ...") from e``, so an error raised by this package while a config runs reaches
 the terminal as a long traceback that ends with MONAI's wrapper, not with what is wrong.
-:func:`report_input_errors` (the first ``initialize`` step of every bundle config) makes an
-:class:`InputError` anywhere in the exception chain end the program with its problem list as the
+:func:`report_errors` (the first ``initialize`` step of every bundle config) makes a
+:class:`ReportedError` anywhere in the exception chain end the program with its message as the
 last lines on the screen, and exit status 1.
 """
 
@@ -15,10 +16,14 @@ import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["InputError", "find_input_error", "report_input_errors"]
+__all__ = ["InputError", "ReportedError", "find_reported_error", "report_errors"]
 
 
-class InputError(ValueError):
+class ReportedError(Exception):
+    """An error whose message tells the user all there is to know; shown without a traceback."""
+
+
+class InputError(ReportedError, ValueError):
     """Bad input that the user fixes: one human-readable line per problem.
 
     Args:
@@ -37,11 +42,11 @@ class InputError(ValueError):
         super().__init__("\n".join(([header] if header else []) + self.problems))
 
 
-def find_input_error(error: BaseException | None) -> InputError | None:
-    """The first :class:`InputError` in ``error``'s chain (itself, ``__cause__``, ``__context__``), or None."""
+def find_reported_error(error: BaseException | None) -> ReportedError | None:
+    """The first :class:`ReportedError` in ``error``'s chain (itself, ``__cause__``, ``__context__``), or None."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, InputError):
+        if isinstance(error, ReportedError):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
@@ -49,21 +54,22 @@ def find_input_error(error: BaseException | None) -> InputError | None:
 
 
 def _excepthook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
-    found = find_input_error(error)
+    found = find_reported_error(error)
     if found is None:
         sys.__excepthook__(kind, error, traceback)
         return
-    logging.getLogger(__name__).debug("traceback of the input error", exc_info=(kind, error, traceback))
+    logging.getLogger(__name__).debug("traceback of the reported error", exc_info=(kind, error, traceback))
     sys.stderr.write(f"\nThe run cannot go on:\n{found}\n")
     sys.stderr.flush()
 
 
-def report_input_errors() -> None:
-    """Show an uncaught :class:`InputError` as its problem list only, as the program's last output.
+def report_errors() -> None:
+    """Show an uncaught :class:`ReportedError` as its message only, as the program's last output.
 
-    Installs a ``sys.excepthook``: for an uncaught exception whose chain holds an
-    :class:`InputError`, it writes the problem list to stderr (the traceback only goes to this
-    module's logger at DEBUG level); every other exception gets Python's usual traceback. Python
-    then exits with status 1. Safe to call more than once; does nothing to exceptions that are caught.
+    Installs a ``sys.excepthook``: for an uncaught exception whose chain holds a
+    :class:`ReportedError`, it writes that error's message to stderr (the traceback only goes to
+    this module's logger at DEBUG level); every other exception gets Python's usual traceback.
+    Python then exits with status 1. Safe to call more than once; exceptions that are caught are
+    not affected.
     """
     sys.excepthook = _excepthook

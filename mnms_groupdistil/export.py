@@ -40,7 +40,8 @@ from typing import Any
 
 import torch
 
-from mnms_groupdistil.networks import build_network, load_network
+from mnms_groupdistil.network_checkpoints import load_network
+from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import package_versions, read_run_settings
 
 __all__ = ["MNMS", "ExportSpec", "export_bundle", "monai_network_def", "to_monai_state_dict"]

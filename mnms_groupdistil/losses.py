@@ -274,8 +274,18 @@ class GroupWeights:
     """groupDRO's exponentiated-gradient weights over G groups, kept in log space.
 
     Weights start uniform. :meth:`update` applies ``w_d <- w_d * exp(eta * (l_d + C / sqrt(n_d)))``
-    to the groups present in a batch (absent groups keep their unnormalised weight) and
-    renormalises to sum 1. The update is done on ``log w`` with a log-sum-exp normalisation, so a
+    and renormalises to sum 1, where ``l_d`` is group ``d``'s mean loss in the batch for the groups
+    present in it and 0 for the others: without the adjustment (``C = 0``, the default) absent
+    groups keep their unnormalised weight.
+
+    The generalization adjustment ``C / sqrt(n_d)`` of Sagawa et al. (2020) is a known constant of
+    each group, not an estimate from the batch, so it is added to **every** group at every step,
+    present or not: the exponentiated-gradient step on the adjusted objective
+    ``sum_d w_d * (L_d + C / sqrt(n_d))``, whose gradient in ``w_d`` is ``L_d + C / sqrt(n_d)``. (The
+    reference group_DRO ``LossComputer`` updates its weights the same way.) The objective that
+    :class:`GroupWeightedLoss` returns leaves the constant out: ``sum_d w_d * mean_d``. The constant
+    does not change the network's gradient; the reference's objective includes it, so its loss
+    values are larger by ``sum_d w_d * C / sqrt(n_d)``. The update is done on ``log w`` with a log-sum-exp normalisation, so a
     long run cannot overflow. The weights live on the device of the losses they are updated with
     (moved there at the first update), so a training step never waits for a copy to the host.
     :meth:`state_dict` gives plain CPU tensors, so checkpoints holding it load with
@@ -285,7 +295,8 @@ class GroupWeights:
     Args:
         num_groups: number of groups G (>= 1).
         step_size: ``eta``, the weights' learning rate; 0 keeps them fixed (ERM / plain KD).
-        adjustment: groupDRO's generalization adjustment ``C`` (0 disables it, the default).
+        adjustment: groupDRO's generalization adjustment ``C`` (0 disables it, the default); added
+            as ``C / sqrt(n_d)`` to every group at every update.
         group_counts: training-set size ``n_d`` of each group; needed when ``adjustment > 0``.
 
     Example::
@@ -348,7 +359,8 @@ class GroupWeights:
             present: boolean mask of shape (G,), True for the groups seen in the batch.
 
         Returns:
-            The updated weights, shape (G,).
+            The updated weights, shape (G,). When a present group's loss is NaN or infinite the
+            weights stay as they were: a non-finite loss never reaches them.
         """
         group_losses = _plain(group_losses).detach().reshape(-1)
         if group_losses.device != self.device:
@@ -360,10 +372,14 @@ class GroupWeights:
                 f"expected {self.num_groups} group losses and flags, "
                 f"got {group_losses.shape[0]} and {present.shape[0]}."
             )
-        step = torch.where(present, self.step_size * (group_losses + self.adjustments), torch.zeros_like(group_losses))
+        # a non-finite loss of a present group skips the whole step (decided on the tensors' device, without
+        # a host synchronisation); the trainer's RunGuard then stops the run with an error
+        finite = torch.isfinite(group_losses).logical_or(~present).all()
+        observed = torch.where(present, group_losses, torch.zeros_like(group_losses))
+        step = torch.where(finite, self.step_size * (observed + self.adjustments), torch.zeros_like(group_losses))
         log_weights = self.log_weights + step
         self.log_weights = log_weights - torch.logsumexp(log_weights, dim=0)
-        self.num_updates += 1
+        self.num_updates += 1  # steps taken (a skipped one included); counted on the host, no device read
         return self.weights
 
     def state_dict(self) -> dict[str, torch.Tensor]:

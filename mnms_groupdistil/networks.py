@@ -1,14 +1,13 @@
-"""Teacher / student network factories for GroupDistil.
+"""Teacher / student network factory for GroupDistil.
 
-This module builds the torchvision classifiers used as teacher (ResNet) and
-student (DenseNet / ResNet) in group-robust knowledge distillation, adapts
-them to the number of input channels (1 for cine MRI, 3 for Waterbirds) and
-classes, optionally initialises them from a *local* ImageNet state-dict file,
-and loads trained checkpoints into a frozen teacher.
+Builds the torchvision classifiers used as teacher (ResNet) and student (DenseNet / ResNet) in
+group-robust knowledge distillation, adapts them to the number of input channels (1 for cine MRI,
+3 for Waterbirds) and classes, and optionally initialises them from a *local* ImageNet state-dict
+file. Loading trained checkpoints into a frozen teacher is :mod:`mnms_groupdistil.network_checkpoints`.
 
-Nothing is ever downloaded: torchvision models are always created with
-``weights=None`` and ImageNet weights come only from a local file: ``pretrained_path``,
-or the file torchvision itself keeps in its cache (see :func:`find_imagenet_weights`).
+Nothing is ever downloaded: torchvision models are always created with ``weights=None`` and
+ImageNet weights come only from a local file: ``pretrained_path``, or the file torchvision itself
+keeps in its cache (see :func:`find_imagenet_weights`).
 
 Example (MONAI bundle config)::
 
@@ -17,13 +16,6 @@ Example (MONAI bundle config)::
         "name": "densenet121",
         "num_classes": 2,
         "in_channels": 1
-    },
-    "teacher": {
-        "_target_": "mnms_groupdistil.networks.load_network",
-        "network": {"_target_": "mnms_groupdistil.networks.build_network",
-                    "name": "resnet50", "num_classes": 2, "in_channels": 1},
-        "checkpoint_path": "@teacher_ckpt",
-        "device": "@device"
     }
 """
 
@@ -31,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from collections.abc import Mapping
 from typing import Any, Callable, Union
@@ -40,14 +31,17 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
-__all__ = [
-    "SUPPORTED_NETWORKS",
-    "CheckpointNotFoundError",
-    "build_network",
-    "find_imagenet_weights",
-    "load_network",
-    "frozen",
-]
+from mnms_groupdistil.network_checkpoints import (
+    _MAX_KEYS_SHOWN,
+    CheckpointNotFoundError,
+    _describe,
+    _first,
+    _is_state_dict,
+    _strip_prefixes,
+    _torch_load,
+)
+
+__all__ = ["SUPPORTED_NETWORKS", "build_network", "find_imagenet_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,25 +64,10 @@ SUPPORTED_NETWORKS: tuple[str, ...] = tuple(_REGISTRY)
 _OLD_DENSENET_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
+
 # BatchNorm counters: absent from old checkpoints (e.g. the official torchvision
 # DenseNet file); torch itself tolerates their absence, so do we.
 _OPTIONAL_SUFFIX = ".num_batches_tracked"
-
-# Prefixes added by DistributedDataParallel / DataParallel and torch.compile.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-_MAX_KEYS_SHOWN = 5
-
-
-class CheckpointNotFoundError(FileNotFoundError, ValueError):
-    """A weights / checkpoint file does not exist.
-
-    Subclasses both :class:`FileNotFoundError` and :class:`ValueError` so that
-    callers may catch either.
-    """
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _get_submodule(module: nn.Module, dotted: str) -> nn.Module:
@@ -107,57 +86,6 @@ def _check_positive_int(value: Any, arg: str) -> int:
     return int(value)
 
 
-def _first(keys: Any) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
-    more = f" ... (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
-    return f"[{shown}{more}]"
-
-
-def _torch_load(path: PathLike, arg: str, missing_hint: str) -> Any:
-    """``torch.load(weights_only=True)`` on CPU with readable errors."""
-    path_str = os.fspath(path)
-    if not os.path.isfile(path_str):
-        raise CheckpointNotFoundError(f"{arg} {path_str!r} does not exist{missing_hint}")
-    try:
-        return torch.load(path_str, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{arg} {path_str!r} could not be read as a torch weights file with weights_only=True "
-            f"({type(err).__name__}: {first_line}). Save it with torch.save(model.state_dict(), path)."
-        ) from err
-
-
-def _is_state_dict(obj: Any) -> bool:
-    return (
-        isinstance(obj, Mapping)
-        and len(obj) > 0
-        and all(isinstance(k, str) for k in obj)
-        and all(isinstance(v, torch.Tensor) for v in obj.values())
-    )
-
-
-def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove a ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefix shared by all keys."""
-    sd = dict(state_dict)
-    changed = True
-    while changed and sd:
-        changed = False
-        for prefix in _WRAPPER_PREFIXES:
-            if all(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix) :]: v for k, v in sd.items()}
-                logger.debug("Stripped %r prefix from state dict keys.", prefix)
-                changed = True
-    return sd
-
-
-def _describe(obj: Any) -> str:
-    if isinstance(obj, Mapping):
-        return f"a dict with keys {_first([str(k) for k in obj])}"
-    return f"an object of type {type(obj).__name__}"
-
-
 def _adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Adapt an RGB stem kernel ``(out, 3, kh, kw)`` to ``in_channels`` inputs.
 
@@ -170,31 +98,6 @@ def _adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     """
     summed = weight.sum(dim=1, keepdim=True)
     return (summed / in_channels).repeat(1, in_channels, 1, 1).contiguous()
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def frozen(network: nn.Module) -> nn.Module:
-    """Put a network in eval mode and disable gradients of all its parameters.
-
-    Args:
-        network: the module to freeze (modified in place).
-
-    Returns:
-        The same module, in eval mode, with ``requires_grad == False`` on every
-        parameter. Note that a later ``network.train()`` call switches BatchNorm
-        back to training mode; gradients stay disabled.
-
-    Example:
-        >>> import torch
-        >>> teacher = frozen(torch.nn.Linear(2, 2))
-        >>> teacher.training, teacher.weight.requires_grad
-        (False, False)
-    """
-    network.eval()
-    network.requires_grad_(False)
-    return network
 
 
 def build_network(
@@ -415,108 +318,3 @@ def _load_pretrained(
         raise ValueError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
     skipped = sorted(k for k in src if k.startswith(head_prefix))
     logger.info("Loaded %d pretrained tensors from %s (skipped head %s).", len(to_load), path_str, skipped)
-
-
-def load_network(
-    network: nn.Module,
-    checkpoint_path: PathLike,
-    key: str | None = None,
-    device: str | torch.device | None = None,
-) -> nn.Module:
-    """Load trained weights into ``network`` and return it frozen (teacher).
-
-    Accepted file contents (read with ``torch.load(weights_only=True)`` on CPU):
-
-    * a plain state dict (``torch.save(net.state_dict(), "model.pt")``);
-    * a dict wrapping it, e.g. ``{"network": state_dict}`` as written by MONAI's
-      ``CheckpointSaver``, or a training checkpoint with ``network`` /
-      ``student`` / ``optimizer`` / ... entries.
-
-    With ``key=None`` the ``"network"`` entry is used if present, then
-    ``"student"``, otherwise the file is treated as a plain state dict. A DDP
-    ``module.`` (or ``torch.compile`` ``_orig_mod.``) prefix is stripped.
-
-    Args:
-        network: the module to load into (typically from :func:`build_network`
-            with the same name / classes / channels as at training time).
-        checkpoint_path: the ``.pt`` file.
-        key: entry of a checkpoint dict holding the state dict, or ``None`` to
-            auto-detect as described above.
-        device: where to move the network (``None`` keeps it where it is).
-
-    Returns:
-        ``network`` with the loaded weights, on ``device``, in eval mode, with
-        ``requires_grad`` disabled on all parameters (see :func:`frozen`).
-
-    Raises:
-        CheckpointNotFoundError: the file does not exist (message says to train
-            the teacher first or pass ``--teacher_ckpt``); subclass of both
-            ``FileNotFoundError`` and ``ValueError``.
-        ValueError: unreadable file, ``key`` not in the checkpoint, no state dict
-            found, or keys / shapes not matching ``network`` (the message names
-            the file and the first mismatched keys).
-
-    Example:
-        >>> teacher = load_network(
-        ...     build_network("resnet50", num_classes=2, in_channels=1),
-        ...     "runs/teacher/model.pt",
-        ...     device="cuda",
-        ... )  # doctest: +SKIP
-    """
-    path_str = os.fspath(checkpoint_path)
-    obj = _torch_load(
-        path_str,
-        "teacher_ckpt (checkpoint_path)",
-        ": train the teacher first with configs/train_teacher.json or pass --teacher_ckpt "
-        "<path to the teacher's model.pt>.",
-    )
-
-    if key is not None:
-        if not isinstance(obj, Mapping) or key not in obj:
-            raise ValueError(
-                f"checkpoint_path {path_str!r} has no entry key={key!r} (file holds {_describe(obj)}); "
-                f"pass key=None for auto-detection or one of its keys."
-            )
-        state = obj[key]
-        where = f"entry {key!r}"
-    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("network")):
-        state, where = obj["network"], "entry 'network'"
-    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("student")):
-        state, where = obj["student"], "entry 'student'"
-    else:
-        state, where = obj, "plain state dict"
-
-    if not _is_state_dict(state):
-        raise ValueError(
-            f"checkpoint_path {path_str!r}: {where} is not a state dict (got {_describe(state)}); "
-            f"pass key=<entry holding the network weights>."
-        )
-    state = _strip_prefixes(state)
-
-    target = network.state_dict()
-    missing = set(target) - set(state)
-    unexpected = set(state) - set(target)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint_path {path_str!r} ({where}) does not match the network "
-            f"({type(network).__name__}): {len(missing)} missing keys {_first(missing)}, "
-            f"{len(unexpected)} unexpected keys {_first(unexpected)}. Build the network with the same "
-            f"name / num_classes / in_channels as at training time."
-        )
-    bad = [
-        f"{k!r}: file {tuple(v.shape)} vs network {tuple(target[k].shape)}"
-        for k, v in sorted(state.items())
-        if v.shape != target[k].shape
-    ]
-    if bad:
-        raise ValueError(
-            f"checkpoint_path {path_str!r} ({where}) has tensors whose shapes do not match the network: "
-            + "; ".join(bad[:_MAX_KEYS_SHOWN])
-            + (f" ... (+{len(bad) - _MAX_KEYS_SHOWN} more)" if len(bad) > _MAX_KEYS_SHOWN else "")
-            + ". Check num_classes / in_channels."
-        )
-    network.load_state_dict(state, strict=True)
-    if device is not None:
-        network = network.to(device)
-    logger.info("Loaded %s from %s (%s); network frozen.", type(network).__name__, path_str, where)
-    return frozen(network)

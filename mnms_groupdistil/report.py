@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mnms_groupdistil.tables import text_table
+
 __all__ = [
     "accuracy_table",
     "load_run",
@@ -76,11 +78,7 @@ def accuracy_table(
     part = prefix.split("_", 1)[0]
     rows = [[f"{group_label} {g}".strip(), *(_fmt(_value(r, f"{prefix}_{g}")) for r in reports)] for g in groups]
     rows += [[s.replace("_", "-"), *(_fmt(_value(r, f"{part}_{level}{s}_acc")) for r in reports)] for s in summaries]
-    header = ["accuracy", *(r["name"] for r in reports)]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header, *rows]]
-    lines.insert(1, "-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(["accuracy", *(r["name"] for r in reports)], rows)
 
 
 def _fmt(value: float | None) -> str:

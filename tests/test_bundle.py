@@ -32,7 +32,7 @@ from monai.utils.module import locate
 from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.errors import InputError
-from mnms_groupdistil.networks import CheckpointNotFoundError
+from mnms_groupdistil.network_checkpoints import CheckpointNotFoundError
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "mnms_groupdistil"
@@ -820,7 +820,7 @@ def test_test_frames_options(bundle, cohort, tmp_path):
         bundle,
         [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "x"), **TINY, test_frames="ED"
     )
-    # an InputError: a bundle run ends with this line (mnms_groupdistil.errors.report_input_errors)
+    # an InputError: a bundle run ends with this line (mnms_groupdistil.errors.report_errors)
     messages = [str(e) for e in exception_chain(err) if isinstance(e, InputError)]
     assert any("frames='ED'" in m and "test_frames" in m and "random, ed_es, all" in m for m in messages), messages
     err = _initialize_error(

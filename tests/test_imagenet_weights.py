@@ -7,7 +7,8 @@ import logging
 import pytest
 import torch
 
-from mnms_groupdistil.networks import CheckpointNotFoundError, build_network, find_imagenet_weights
+from mnms_groupdistil.network_checkpoints import CheckpointNotFoundError
+from mnms_groupdistil.networks import build_network, find_imagenet_weights
 
 
 def test_pretrained_path_wins(tmp_path, caplog):

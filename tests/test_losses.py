@@ -134,6 +134,27 @@ def test_generalization_adjustment():
     weights.update(torch.tensor([0.0, 0.0]), torch.tensor([True, True]))
     e = [math.exp(2.0 / 2.0), math.exp(2.0 / 4.0)]
     assert weights.weights.tolist() == pytest.approx([x / sum(e) for x in e])
+
+
+def test_generalization_adjustment_reaches_absent_groups_every_step():
+    """C / sqrt(n_d) is added to every group each step; the batch's loss only to the groups in it.
+
+    Hand derivation, eta = 0.1, C = 1, n = (100, 25, 4): adjustments (0.1, 0.2, 0.5).
+    Step 1, only group 0 present with loss 0.7: log-weight increments 0.1 * (0.8, 0.2, 0.5).
+    Step 2, only group 2 present with loss 0.3 (group 0's entry 9.0 is ignored): 0.1 * (0.1, 0.2, 0.8).
+    Total from uniform: (0.09, 0.04, 0.13) -> w = exp(total) / sum(exp(total)).
+    """
+    weights = GroupWeights(3, step_size=0.1, adjustment=1.0, group_counts=[100, 25, 4])
+    weights.update(torch.tensor([0.7, 0.0, 0.0], dtype=torch.float64), torch.tensor([True, False, False]))
+    weights.update(torch.tensor([9.0, 0.0, 0.3], dtype=torch.float64), torch.tensor([False, False, True]))
+    e = [math.exp(0.09), math.exp(0.04), math.exp(0.13)]
+    assert weights.weights.tolist() == pytest.approx([x / sum(e) for x in e], abs=1e-12)
+    # the returned objective leaves the constant out: sum_d w_d * mean_d
+    objective = GroupWeightedLoss(GroupWeights(2, step_size=0.5, adjustment=3.0, group_counts=[9, 36]))
+    result = objective.evaluate(torch.tensor([2.0, 4.0]), torch.tensor([0, 0]))
+    # w from uniform after increments 0.5 * (3 + 1, 0 + 0.5) = (2, 0.25); mean_0 = 3, group 1 absent
+    w0 = math.exp(2.0) / (math.exp(2.0) + math.exp(0.25))
+    assert result.loss.item() == pytest.approx(w0 * 3.0, abs=1e-6)
     with pytest.raises(ValueError, match="group_counts"):
         GroupWeights(2, adjustment=1.0)
 

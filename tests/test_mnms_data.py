@@ -462,3 +462,33 @@ def test_prepare_split_reports_broken_selected_image(tmp_path):
     assert victim["subject"] in info.value.problems[0] and path.name in info.value.problems[0]
     with gzip.open(path) as handle, pytest.raises(EOFError):
         handle.read()
+
+
+def test_dataset_dir_may_be_open_dataset_or_its_parent(tmp_path):
+    root = Path(write_mnms_cohort(tmp_path / "MnM" / "OpenDataset", preset="tiny", seed=0))
+    assert root == tmp_path / "MnM" / "OpenDataset" and (root / "Training").is_dir()
+    assert mnms.resolve_dataset_dir(tmp_path / "MnM") == root
+    assert mnms.resolve_dataset_dir(root) == root
+    direct = prepare_split(root, "demo", output_dir=tmp_path / "a")
+    parent = prepare_split(tmp_path / "MnM", "demo", output_dir=tmp_path / "b")
+    assert parent == direct
+    assert json.loads((tmp_path / "b" / "split.json").read_text())["dataset_dir"] == str(root.resolve())
+
+
+def test_images_not_found_say_where_they_were_looked_for(tmp_path):
+    root = Path(write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0))
+    elsewhere = tmp_path / "only_csv"
+    elsewhere.mkdir()
+    (elsewhere / mnms.INFO_CSV_NAME).write_bytes((root / mnms.INFO_CSV_NAME).read_bytes())
+    with pytest.raises(MnMsDataError) as info:
+        prepare_split(elsewhere, "demo")
+    problems = info.value.problems
+    code = problems[0].split(":")[0].split()[1]
+    assert problems[0] == (
+        f"subject {code}: image {code}_sa.nii.gz not found (looked in "
+        f"{elsewhere}/{{Training/Labeled,Training/Unlabeled,Validation,Testing}}/{code}/)"
+    )
+    assert problems[-1].startswith(f"no image of any of these subjects is below {elsewhere}: dataset_dir must be")
+    assert info.value.header.endswith(f"the images of {len(problems) - 1} M&Ms subject(s):")
+    with pytest.raises(MnMsDataError, match="does not exist: point it at the M&Ms OpenDataset folder"):
+        prepare_split(tmp_path / "nowhere", "demo")

@@ -8,12 +8,8 @@ import pytest
 import torch
 import torchvision
 
-from mnms_groupdistil.networks import (
-    SUPPORTED_NETWORKS,
-    build_network,
-    frozen,
-    load_network,
-)
+from mnms_groupdistil.network_checkpoints import frozen, load_network
+from mnms_groupdistil.networks import SUPPORTED_NETWORKS, build_network
 
 NAMES = ["resnet18", "resnet34", "resnet50", "densenet121"]
 STEM = {"resnet18": "conv1", "resnet34": "conv1", "resnet50": "conv1", "densenet121": "features.conv0"}

@@ -48,6 +48,7 @@ __all__ = [
     "INFO_CSV_NAME",
     "MnMsDataError",
     "find_info_csv",
+    "resolve_dataset_dir",
     "read_info_csv",
     "find_subject_image",
     "load_mnms_cohort",
@@ -179,10 +180,32 @@ def _csv_date(path: Path) -> int:
     return int(digits[:8])
 
 
+def resolve_dataset_dir(dataset_dir: PathLike) -> Path:
+    """The folder of the release that holds ``Training``/``Validation``/``Testing``.
+
+    Accepts the ``OpenDataset`` folder itself or the folder it was unpacked into: when
+    ``dataset_dir`` has none of those subfolders but ``dataset_dir/OpenDataset`` is a folder, that
+    one is used.
+
+    Raises:
+        MnMsDataError: when ``dataset_dir`` does not exist.
+    """
+    root = Path(dataset_dir).expanduser()
+    if not root.exists():
+        raise MnMsDataError(
+            f"dataset_dir {root} does not exist: point it at the M&Ms OpenDataset folder (holding Training/, "
+            "Validation/, Testing/) or the folder that contains it"
+        )
+    tops = {sub.split("/")[0] for sub in SUBFOLDERS}
+    if root.is_dir() and not any((root / top).is_dir() for top in tops) and (root / "OpenDataset").is_dir():
+        return root / "OpenDataset"
+    return root
+
+
 def find_info_csv(dataset_dir: PathLike) -> Path:
     """Find the M&Ms information CSV for a dataset directory.
 
-    Looks in ``dataset_dir`` and then its parent for
+    Looks in ``dataset_dir`` (after :func:`resolve_dataset_dir`) and then its parent for
     :data:`INFO_CSV_NAME`; when it is absent, any ``*M&Ms_Dataset_information*.csv``
     (case-insensitive) is accepted, the newest by its leading date first (a name mentioning
     "diagnosis" wins a tie). ``dataset_dir`` may also be the CSV file itself.
@@ -199,6 +222,7 @@ def find_info_csv(dataset_dir: PathLike) -> Path:
     root = Path(dataset_dir).expanduser()
     if root.is_file() and root.suffix.lower() == ".csv":
         return root.resolve()
+    root = resolve_dataset_dir(root)
     folders = [root]
     if root.resolve().parent != root.resolve():
         folders.append(root.resolve().parent)
@@ -384,14 +408,14 @@ def find_subject_image(dataset_dir: PathLike, code: str) -> Path | None:
     """Find the short-axis cine image of a subject.
 
     Args:
-        dataset_dir: Root of the M&Ms release.
+        dataset_dir: Root of the M&Ms release (or its parent, see :func:`resolve_dataset_dir`).
         code: Subject code (``External code``).
 
     Returns:
         Absolute path of ``<subfolder>/<code>/<code>_sa.nii.gz`` (or ``.nii``) in the first of
         :data:`SUBFOLDERS` that has it, or None if none has.
     """
-    root = Path(dataset_dir).expanduser()
+    root = resolve_dataset_dir(dataset_dir)
     for sub in SUBFOLDERS:
         for suffix in ("_sa.nii.gz", "_sa.nii"):
             candidate = root / sub / code / f"{code}{suffix}"
@@ -459,18 +483,12 @@ def load_mnms_cohort(
     return records
 
 
-def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | None]:
+def _check_one(record: Mapping[str, Any], root: Path | None) -> tuple[list[str], int | None, int | None]:
     code = record.get("subject", "?")
     image = record.get("image")
     if not image:
-        return (
-            [
-                f"subject {code}: image {code}_sa.nii.gz not found in any of "
-                f"{', '.join(SUBFOLDERS)} of the dataset directory"
-            ],
-            None,
-            None,
-        )
+        where = f"{root}/{{{','.join(SUBFOLDERS)}}}/{code}/" if root else f"any of {', '.join(SUBFOLDERS)}"
+        return [f"subject {code}: image {code}_sa.nii.gz not found (looked in {where})"], None, None
     path = Path(image)
     prefix = f"subject {code}: {path}"
     shape, file_problems = cine_volume_problems(path)
@@ -488,7 +506,9 @@ def _check_one(record: Mapping[str, Any]) -> tuple[list[str], int | None, int | 
     return problems, num_slices, num_frames
 
 
-def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def check_subjects(
+    records: Sequence[Mapping[str, Any]], dataset_dir: PathLike | None = None
+) -> list[dict[str, Any]]:
     """Check the image of every record and add its slice and frame counts.
 
     Only the NIfTI header is parsed with nibabel; the voxel data are streamed once (not kept)
@@ -498,6 +518,7 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     Args:
         records: Records as returned by :func:`load_mnms_cohort` (``subject``, ``image``,
             ``ed``, ``es`` are used).
+        dataset_dir: Where the images were looked for, named in the message of a missing one.
 
     Returns:
         New dicts, the records plus ``"num_slices"`` and ``"num_frames"``, in the same order.
@@ -507,14 +528,20 @@ def check_subjects(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
             unreadable header, not 4D, no slice/frame, ED/ES outside [0, num_frames), truncated
             or corrupt data).
     """
+    root = resolve_dataset_dir(dataset_dir) if dataset_dir is not None else None
     problems: list[str] = []
     checked: list[dict[str, Any]] = []
     for record in records:
-        record_problems, num_slices, num_frames = _check_one(record)
+        record_problems, num_slices, num_frames = _check_one(record, root)
         problems.extend(record_problems)
         checked.append({**record, "num_slices": num_slices, "num_frames": num_frames})
+    if records and root is not None and not any(r.get("image") for r in records):
+        problems.append(
+            f"no image of any of these subjects is below {root}: dataset_dir must be the M&Ms OpenDataset folder "
+            "(holding Training/, Validation/, Testing/) or the folder that contains it"
+        )
     if problems:
-        subjects = {p.split(":", 1)[0] for p in problems}
+        subjects = {p.split(":", 1)[0] for p in problems if p.startswith("subject ")}
         raise MnMsDataError(
             problems, header=f"{len(problems)} problem(s) with the images of {len(subjects)} M&Ms subject(s):"
         )
@@ -709,7 +736,7 @@ def prepare_split(
     records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
     logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
     parts = select_split(records, split=split, split_seed=split_seed, val_fraction=val_fraction)
-    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]]))
+    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]], dataset_dir))
     result = {part: [next(checked) for _ in parts[part]] for part in _PARTS}
     for part in _PARTS:
         logger.info(
@@ -728,7 +755,7 @@ def prepare_split(
             "split_seed": int(split_seed),
             **dict(record or {}),
             "val_fraction": float(val_fraction),
-            "dataset_dir": str(Path(dataset_dir).expanduser().resolve()),
+            "dataset_dir": str(resolve_dataset_dir(dataset_dir).resolve()),
             "csv_path": str(csv_file),
             "classes": list(CLASSES),
             "groups": list(GROUPS),

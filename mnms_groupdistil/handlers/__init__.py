@@ -1,0 +1,39 @@
+"""Ignite handlers that put the group-weighted objective into MONAI's trainers and evaluators, one
+concern per module; every class is importable from here (``mnms_groupdistil.handlers.X``, as the
+bundle configs name them).
+
+- :mod:`.loss`: :class:`GroupWeightedLossHandler` runs the frozen teacher, computes the per-sample
+  loss and the group-weighted objective, and publishes the group weights and per-group losses on
+  ``engine.state``.
+- :mod:`.tensorboard`: :class:`GroupScalarWriter` writes those to TensorBoard (as the
+  ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
+- :mod:`.checkpoints`: :class:`AtomicCheckpointSaver` (never a half-written file),
+  :class:`BestModelSaver` (its record resumes), :func:`attach_resume`.
+- :mod:`.guard`: :class:`RunGuard` stops a run on SIGTERM/SIGINT or a non-finite loss after saving.
+- :mod:`.seeding`: :class:`EpochSeeds` makes each epoch's draws depend on (seed, rank, epoch) only.
+- :mod:`.reports`: :class:`AttachMetrics` and :class:`MetricsReport` (``metrics.json``, summary table).
+"""
+
+from mnms_groupdistil.handlers.checkpoints import AtomicCheckpointSaver, BestModelSaver, attach_resume, latest_checkpoint
+from mnms_groupdistil.handlers.guard import NonFiniteLossError, RunGuard, RunInterrupted
+from mnms_groupdistil.handlers.loss import GroupWeightedLossHandler, group_from_batch, loss_from_output
+from mnms_groupdistil.handlers.reports import AttachMetrics, MetricsReport
+from mnms_groupdistil.handlers.seeding import EpochSeeds
+from mnms_groupdistil.handlers.tensorboard import GroupScalarWriter
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AttachMetrics",
+    "BestModelSaver",
+    "EpochSeeds",
+    "GroupScalarWriter",
+    "GroupWeightedLossHandler",
+    "MetricsReport",
+    "NonFiniteLossError",
+    "RunGuard",
+    "RunInterrupted",
+    "attach_resume",
+    "group_from_batch",
+    "latest_checkpoint",
+    "loss_from_output",
+]

@@ -1,0 +1,218 @@
+"""Loading trained weights: checkpoint files (read with ``weights_only=True``) into a network, frozen.
+
+Accepts a plain state dict, a training checkpoint holding one under a key (``network``, ``model``,
+``state_dict``...), and the prefixes added by ``DistributedDataParallel`` and ``torch.compile``.
+The networks themselves come from :mod:`mnms_groupdistil.networks`.
+
+Example (MONAI bundle config)::
+
+    "teacher": "$mnms_groupdistil.network_checkpoints.load_network(@teacher_def, @teacher_ckpt, device=@device)"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointNotFoundError", "frozen", "load_network"]
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Prefixes added by DistributedDataParallel / DataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+_MAX_KEYS_SHOWN = 5
+
+
+class CheckpointNotFoundError(FileNotFoundError, ValueError):
+    """A weights / checkpoint file does not exist.
+
+    Subclasses both :class:`FileNotFoundError` and :class:`ValueError` so that
+    callers may catch either.
+    """
+
+
+def _first(keys: Any) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:_MAX_KEYS_SHOWN])
+    more = f" ... (+{len(keys) - _MAX_KEYS_SHOWN} more)" if len(keys) > _MAX_KEYS_SHOWN else ""
+    return f"[{shown}{more}]"
+
+
+def _torch_load(path: PathLike, arg: str, missing_hint: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU with readable errors."""
+    path_str = os.fspath(path)
+    if not os.path.isfile(path_str):
+        raise CheckpointNotFoundError(f"{arg} {path_str!r} does not exist{missing_hint}")
+    try:
+        return torch.load(path_str, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{arg} {path_str!r} could not be read as a torch weights file with weights_only=True "
+            f"({type(err).__name__}: {first_line}). Save it with torch.save(model.state_dict(), path)."
+        ) from err
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    )
+
+
+def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove a ``module.`` (DDP) / ``_orig_mod.`` (torch.compile) prefix shared by all keys."""
+    sd = dict(state_dict)
+    changed = True
+    while changed and sd:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix) :]: v for k, v in sd.items()}
+                logger.debug("Stripped %r prefix from state dict keys.", prefix)
+                changed = True
+    return sd
+
+
+def _describe(obj: Any) -> str:
+    if isinstance(obj, Mapping):
+        return f"a dict with keys {_first([str(k) for k in obj])}"
+    return f"an object of type {type(obj).__name__}"
+
+
+def frozen(network: nn.Module) -> nn.Module:
+    """Put a network in eval mode and disable gradients of all its parameters.
+
+    Args:
+        network: the module to freeze (modified in place).
+
+    Returns:
+        The same module, in eval mode, with ``requires_grad == False`` on every
+        parameter. Note that a later ``network.train()`` call switches BatchNorm
+        back to training mode; gradients stay disabled.
+
+    Example:
+        >>> import torch
+        >>> teacher = frozen(torch.nn.Linear(2, 2))
+        >>> teacher.training, teacher.weight.requires_grad
+        (False, False)
+    """
+    network.eval()
+    network.requires_grad_(False)
+    return network
+
+
+def load_network(
+    network: nn.Module,
+    checkpoint_path: PathLike,
+    key: str | None = None,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Load trained weights into ``network`` and return it frozen (teacher).
+
+    Accepted file contents (read with ``torch.load(weights_only=True)`` on CPU):
+
+    * a plain state dict (``torch.save(net.state_dict(), "model.pt")``);
+    * a dict wrapping it, e.g. ``{"network": state_dict}`` as written by MONAI's
+      ``CheckpointSaver``, or a training checkpoint with ``network`` /
+      ``student`` / ``optimizer`` / ... entries.
+
+    With ``key=None`` the ``"network"`` entry is used if present, then
+    ``"student"``, otherwise the file is treated as a plain state dict. A DDP
+    ``module.`` (or ``torch.compile`` ``_orig_mod.``) prefix is stripped.
+
+    Args:
+        network: the module to load into (typically from :func:`build_network`
+            with the same name / classes / channels as at training time).
+        checkpoint_path: the ``.pt`` file.
+        key: entry of a checkpoint dict holding the state dict, or ``None`` to
+            auto-detect as described above.
+        device: where to move the network (``None`` keeps it where it is).
+
+    Returns:
+        ``network`` with the loaded weights, on ``device``, in eval mode, with
+        ``requires_grad`` disabled on all parameters (see :func:`frozen`).
+
+    Raises:
+        CheckpointNotFoundError: the file does not exist (message says to train
+            the teacher first or pass ``--teacher_ckpt``); subclass of both
+            ``FileNotFoundError`` and ``ValueError``.
+        ValueError: unreadable file, ``key`` not in the checkpoint, no state dict
+            found, or keys / shapes not matching ``network`` (the message names
+            the file and the first mismatched keys).
+
+    Example:
+        >>> teacher = load_network(
+        ...     build_network("resnet50", num_classes=2, in_channels=1),
+        ...     "runs/teacher/model.pt",
+        ...     device="cuda",
+        ... )  # doctest: +SKIP
+    """
+    path_str = os.fspath(checkpoint_path)
+    obj = _torch_load(
+        path_str,
+        "teacher_ckpt (checkpoint_path)",
+        ": train the teacher first with configs/train_teacher.json or pass --teacher_ckpt "
+        "<path to the teacher's model.pt>.",
+    )
+
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise ValueError(
+                f"checkpoint_path {path_str!r} has no entry key={key!r} (file holds {_describe(obj)}); "
+                f"pass key=None for auto-detection or one of its keys."
+            )
+        state = obj[key]
+        where = f"entry {key!r}"
+    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("network")):
+        state, where = obj["network"], "entry 'network'"
+    elif isinstance(obj, Mapping) and _is_state_dict(obj.get("student")):
+        state, where = obj["student"], "entry 'student'"
+    else:
+        state, where = obj, "plain state dict"
+
+    if not _is_state_dict(state):
+        raise ValueError(
+            f"checkpoint_path {path_str!r}: {where} is not a state dict (got {_describe(state)}); "
+            f"pass key=<entry holding the network weights>."
+        )
+    state = _strip_prefixes(state)
+
+    target = network.state_dict()
+    missing = set(target) - set(state)
+    unexpected = set(state) - set(target)
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint_path {path_str!r} ({where}) does not match the network "
+            f"({type(network).__name__}): {len(missing)} missing keys {_first(missing)}, "
+            f"{len(unexpected)} unexpected keys {_first(unexpected)}. Build the network with the same "
+            f"name / num_classes / in_channels as at training time."
+        )
+    bad = [
+        f"{k!r}: file {tuple(v.shape)} vs network {tuple(target[k].shape)}"
+        for k, v in sorted(state.items())
+        if v.shape != target[k].shape
+    ]
+    if bad:
+        raise ValueError(
+            f"checkpoint_path {path_str!r} ({where}) has tensors whose shapes do not match the network: "
+            + "; ".join(bad[:_MAX_KEYS_SHOWN])
+            + (f" ... (+{len(bad) - _MAX_KEYS_SHOWN} more)" if len(bad) > _MAX_KEYS_SHOWN else "")
+            + ". Check num_classes / in_channels."
+        )
+    network.load_state_dict(state, strict=True)
+    if device is not None:
+        network = network.to(device)
+    logger.info("Loaded %s from %s (%s); network frozen.", type(network).__name__, path_str, where)
+    return frozen(network)
