@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from mnms_groupdistil.acceleration import autocast_dtype, grad_scaler_needed
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights, distillation_loss
 from mnms_groupdistil.networks import build_network
+from mnms_groupdistil.tables import text_table
 
 __all__ = ["BUNDLES", "BundleSpec", "benchmark_bundle", "ceiling", "main", "plain_kd_loss"]
 
@@ -423,8 +424,8 @@ COLUMNS = (
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
-    """One line per configuration, the columns of :data:`COLUMNS`."""
-    rows = [[title for _, title, _ in COLUMNS]]
+    """One line per configuration, the columns of :data:`COLUMNS` (:func:`~mnms_groupdistil.tables.text_table`)."""
+    rows = []
     for r in results:
         row = []
         for key, _, fmt in COLUMNS:
@@ -433,8 +434,7 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
                 value = "fp32"
             row.append("-" if value is None else fmt.format(value))
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join(" | ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)
+    return text_table([title for _, title, _ in COLUMNS], rows)
 
 
 def _positive(text: str) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from abc import ABC, abstractmethod
 import os
 import re
 import time
@@ -34,7 +35,13 @@ from .errors import InputError
 from .metrics import majority_vote
 from .transforms import LoadCineVolume
 
-__all__ = ["ImagePredictionWriter", "LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
+__all__ = [
+    "ImagePredictionWriter",
+    "LoadCineInputd",
+    "PatientPredictionWriter",
+    "PredictionWriter",
+    "find_cine_volumes",
+]
 
 
 def _dicom_folders(root: Path) -> list[Path]:
@@ -155,7 +162,70 @@ class LoadCineInputd(MapTransform):
         return d
 
 
-class PatientPredictionWriter:
+class PredictionWriter(ABC):
+    """Base of the prediction writers: stores the settings, attaches, turns each iteration's logits into probabilities.
+
+    A subclass collects rows in :meth:`collect` and writes them in :meth:`epoch_completed`; every epoch starts
+    with no rows (:meth:`reset`).
+
+    Args:
+        filepath: the CSV to write (parent folders are created).
+        class_names: one name per output channel.
+        output_transform: engine output -> logits, one row per item.
+        batch_transform: engine batch -> the items' identifiers.
+        name: logger name.
+    """
+
+    def __init__(
+        self,
+        filepath: str | Path,
+        class_names: Sequence[str],
+        output_transform: Callable,
+        batch_transform: Callable,
+        name: str | None = None,
+    ) -> None:
+        self.filepath = Path(filepath)
+        self.class_names = [str(c) for c in class_names]
+        self.output_transform = output_transform
+        self.batch_transform = batch_transform
+        self.logger = logging.getLogger(name or __name__)
+        self.reset()
+
+    def attach(self, engine: Engine) -> None:
+        """Register the three event methods on ``engine``; calling it again adds nothing."""
+        for event, handler in (
+            (Events.EPOCH_STARTED, self.epoch_started),
+            (Events.ITERATION_COMPLETED, self.iteration_completed),
+            (Events.EPOCH_COMPLETED, self.epoch_completed),
+        ):
+            if not engine.has_event_handler(handler, event):
+                engine.add_event_handler(event, handler)
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the rows collected so far."""
+
+    @abstractmethod
+    def collect(self, engine: Engine, probabilities: torch.Tensor) -> None:
+        """Keep the rows of one iteration (``probabilities``: one row per item, softmax over the classes)."""
+
+    def epoch_started(self, engine: Engine) -> None:
+        self.reset()
+
+    def iteration_completed(self, engine: Engine) -> None:
+        logits = self.output_transform(engine.state.output)
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
+        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
+        self.collect(engine, probabilities)
+
+    @abstractmethod
+    def epoch_completed(self, engine: Engine) -> None:
+        """Write the collected rows."""
+
+
+class PatientPredictionWriter(PredictionWriter):
     """Collect an evaluator's frame predictions and write one prediction per patient to CSV.
 
     Columns: ``subject``, ``prediction``, ``frames``, the ``info_keys`` (by default the vendor code and
@@ -184,35 +254,15 @@ class PatientPredictionWriter:
         info_keys: Sequence[str] = ("vendor", "manufacturer"),
         name: str | None = None,
     ) -> None:
-        self.filepath = Path(filepath)
-        self.class_names = [str(c) for c in class_names]
-        self.output_transform = output_transform
-        self.batch_transform = batch_transform
         self.info_keys = [str(k) for k in info_keys]
-        self.logger = logging.getLogger(name or __name__)
+        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+
+    def reset(self) -> None:
         self._rows: list[tuple[str, int, int, torch.Tensor]] = []
         self._info: dict[str, list[str]] = {}
-        self._started = 0.0
-
-    def attach(self, engine: Engine) -> None:
-        for event, handler in (
-            (Events.EPOCH_STARTED, self.epoch_started),
-            (Events.ITERATION_COMPLETED, self.iteration_completed),
-            (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
-
-    def epoch_started(self, engine: Engine) -> None:
-        self._rows, self._info = [], {}
         self._started = time.perf_counter()
 
-    def iteration_completed(self, engine: Engine) -> None:
-        logits = self.output_transform(engine.state.output)
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
-        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
+    def collect(self, engine: Engine, probabilities: torch.Tensor) -> None:
         subjects, slices, frames = self.batch_transform(engine.state.batch)
         batch = engine.state.batch  # a collated dict, or a list of dicts once decollated
         for i, (subject, z, t, p) in enumerate(zip(subjects, slices, frames, probabilities)):
@@ -260,7 +310,7 @@ class PatientPredictionWriter:
         )
 
 
-class ImagePredictionWriter:
+class ImagePredictionWriter(PredictionWriter):
     """Collect an evaluator's predictions and write one row per image to CSV.
 
     Columns: ``image`` (the record's identifier, e.g. its path relative to the input folder),
@@ -283,31 +333,12 @@ class ImagePredictionWriter:
         batch_transform: Callable = from_engine(["subject"]),
         name: str | None = None,
     ) -> None:
-        self.filepath = Path(filepath)
-        self.class_names = [str(c) for c in class_names]
-        self.output_transform = output_transform
-        self.batch_transform = batch_transform
-        self.logger = logging.getLogger(name or __name__)
+        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+
+    def reset(self) -> None:
         self._rows: list[tuple[str, torch.Tensor]] = []
 
-    def attach(self, engine: Engine) -> None:
-        for event, handler in (
-            (Events.EPOCH_STARTED, self.epoch_started),
-            (Events.ITERATION_COMPLETED, self.iteration_completed),
-            (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
-
-    def epoch_started(self, engine: Engine) -> None:
-        self._rows = []
-
-    def iteration_completed(self, engine: Engine) -> None:
-        logits = self.output_transform(engine.state.output)
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
-        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
+    def collect(self, engine: Engine, probabilities: torch.Tensor) -> None:
         names = self.batch_transform(engine.state.batch)
         if isinstance(names, tuple):
             names = names[0]

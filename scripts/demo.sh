@@ -25,19 +25,7 @@ fi
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
 
-train() {  # train NAME CONFIG_LIST [overrides...]
-    local name=$1 configs=$2
-    shift 2
-    local start=$SECONDS
-    echo "[$name] training (log: $RUNS/$name.log)"
-    if ! python -m monai.bundle run training --config_file "$configs" \
-        --dataset_dir "$DATA" --output_dir "$RUNS/$name" "$@" > "$RUNS/$name.log" 2>&1; then
-        tail -n 30 "$RUNS/$name.log" >&2
-        echo "[$name] failed: see $RUNS/$name.log" >&2
-        exit 1
-    fi
-    echo "[$name] done in $((SECONDS - start)) s"
-}
+source "$(dirname "$0")/train_run.sh"
 
 train teacher "['$BUNDLE/train.json','$BUNDLE/train_teacher.json','$DEMO']"
 TEACHER="$RUNS/teacher/model_final.pt"

@@ -18,27 +18,17 @@ fi
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
 
-train() {  # train NAME CONFIG_LIST [overrides...]
-    local name=$1 configs=$2
-    shift 2
-    local start=$SECONDS
-    echo "[$name] training (log: $RUNS/$name.log)"
-    if ! python -m monai.bundle run training --config_file "$configs" --meta_file "$BUNDLE/metadata.json" \
-        --logging_file "$BUNDLE/logging.conf" --dataset_dir "$DATA" --output_dir "$RUNS/$name" "$@" \
-        > "$RUNS/$name.log" 2>&1; then
-        tail -n 30 "$RUNS/$name.log" >&2
-        echo "[$name] failed: see $RUNS/$name.log" >&2
-        exit 1
-    fi
-    echo "[$name] done in $((SECONDS - start)) s"
+source "$(dirname "$0")/train_run.sh"
+wb_train() {  # wb_train NAME CONFIG_LIST [overrides...]: train with this bundle's metadata and logging.conf
+    train "$1" "$2" --meta_file "$BUNDLE/metadata.json" --logging_file "$BUNDLE/logging.conf" "${@:3}"
 }
 
-train teacher "['$BUNDLE/train.json','$BUNDLE/train_teacher.json','$DEMO']"
+wb_train teacher "['$BUNDLE/train.json','$BUNDLE/train_teacher.json','$DEMO']"
 TEACHER="$RUNS/teacher/model_final.pt"
-train erm "['$BUNDLE/train.json','$BUNDLE/train_erm.json','$DEMO']"
-train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
-train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
-train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
+wb_train erm "['$BUNDLE/train.json','$BUNDLE/train_erm.json','$DEMO']"
+wb_train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
+wb_train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
+wb_train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
 
 python -m mnms_groupdistil.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
 echo "These figures are one seed on a small generated dataset: they vary between machines and seeds."

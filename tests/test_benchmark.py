@@ -58,8 +58,9 @@ def test_ratios_are_consistent(report):
 def test_table_has_one_row_per_configuration(report):
     table = benchmark.format_table(report["configurations"])
     lines = table.splitlines()
-    assert len(lines) == 2 and lines[1].split("|")[0].strip() == "mnms"
-    assert "fp32" in lines[1]
+    assert len(lines) == 3 and lines[0].split("|")[0].strip() == "bundle" and set(lines[1]) <= {"-", "+"}
+    assert lines[2].split("|")[0].strip() == "mnms"
+    assert "fp32" in lines[2]
 
 
 def test_plain_kd_loss_matches_hand_derivation():

@@ -7,9 +7,11 @@ a dataset in one round instead of one problem per run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..errors import InputError
 
-__all__ = ["DataError"]
+__all__ = ["DataError", "duplicate_problem", "missing_column_problems"]
 
 
 class DataError(InputError):
@@ -23,3 +25,29 @@ class DataError(InputError):
         problems: One human-readable line per problem; each names the subject or row (where there
             is one), the file and what is wrong.
     """
+
+    @classmethod
+    def counted(cls, problems: Sequence[str], where: str) -> DataError:
+        """The error listing ``problems`` under the header ``"<n> problem(s) in <where>:"``."""
+        return cls(problems, header=f"{len(problems)} problem(s) in {where}:")
+
+
+def missing_column_problems(path: object, missing: Sequence[str], header: Sequence[str]) -> list[str]:
+    """One problem line per required column of the CSV ``path`` that its ``header`` lacks."""
+    return [f"{path}: required column '{name}' is missing (header: {','.join(header)})" for name in missing]
+
+
+def duplicate_problem(first_line: dict[str, int], key: str, line: int, where: str, what: str) -> str | None:
+    """The problem line of a row whose ``key`` an earlier row already had, or None (then ``line`` is recorded).
+
+    Args:
+        first_line: key -> the line it first appeared on; updated here.
+        key: the row's value that must be unique.
+        line: the row's line number in the file.
+        where: the row's description that starts the problem line (file, line, identifier).
+        what: how the problem line names the key, e.g. ``"subject code A0S9V9"``.
+    """
+    if key in first_line:
+        return f"{where}: duplicate {what} (first on line {first_line[key]})"
+    first_line[key] = line
+    return None

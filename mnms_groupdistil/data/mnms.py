@@ -34,7 +34,7 @@ from typing import Any, Union
 import numpy as np
 
 from ..errors import InputError
-from .errors import DataError
+from .errors import DataError, duplicate_problem, missing_column_problems
 from .nifti import cine_volume_problems
 
 __all__ = [
@@ -320,15 +320,12 @@ def read_info_csv(csv_path: PathLike) -> list[dict[str, Any]]:
             columns[key] = idx
     missing = [k for k in _REQUIRED if k not in columns]
     if missing:
-        problems = []
-        for key in missing:
-            msg = f"{path}: required column '{_COLUMN_NAMES[key]}' is missing (header: {','.join(header)})"
-            if key == "pathology":
-                msg += (
-                    f"; the HCM vs NOR task needs the diagnosis CSV '{INFO_CSV_NAME}' of the M&Ms "
-                    "OpenDataset release (older information CSVs have no Pathology column)"
-                )
-            problems.append(msg)
+        problems = missing_column_problems(path, [_COLUMN_NAMES[key] for key in missing], header)
+        if "pathology" in missing:
+            problems[missing.index("pathology")] += (
+                f"; the HCM vs NOR task needs the diagnosis CSV '{INFO_CSV_NAME}' of the M&Ms "
+                "OpenDataset release (older information CSVs have no Pathology column)"
+            )
         raise MnMsDataError(problems, header=f"unusable M&Ms information CSV {path}:")
 
     def cell(row: list[str], key: str) -> str:
@@ -349,10 +346,8 @@ def read_info_csv(csv_path: PathLike) -> list[dict[str, Any]]:
         row_problems: list[str] = []
         if not code:
             row_problems.append(f"{where}: empty 'External code'")
-        elif code in first_line:
-            row_problems.append(f"{where}: duplicate subject code {code} (first on line {first_line[code]})")
-        else:
-            first_line[code] = line_no
+        elif duplicate := duplicate_problem(first_line, code, line_no, where, f"subject code {code}"):
+            row_problems.append(duplicate)
         vendor = cell(row, "vendor").upper()
         if vendor not in VENDORS:
             row_problems.append(
@@ -397,7 +392,7 @@ def read_info_csv(csv_path: PathLike) -> list[dict[str, Any]]:
             }
         )
     if problems:
-        raise MnMsDataError(problems, header=f"{len(problems)} problem(s) in the M&Ms information CSV {path}:")
+        raise MnMsDataError.counted(problems, f"the M&Ms information CSV {path}")
     return records
 
 

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
 
-from mnms_groupdistil.data.errors import DataError
+from .errors import DataError, duplicate_problem, missing_column_problems
 
 __all__ = [
     "RELEASE_FOLDER",
@@ -168,7 +168,7 @@ def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
     missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
     if missing:
         raise WaterbirdsDataError(
-            [f"{path}: required column '{name}' is missing (header: {','.join(header)})" for name in missing],
+            missing_column_problems(path, missing, header),
             header=f"unusable Waterbirds metadata {path} (the release's header is {','.join(METADATA_COLUMNS)}):",
         )
 
@@ -188,10 +188,8 @@ def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
         row_problems = []
         if not filename:
             row_problems.append(f"{where}: empty 'img_filename'")
-        elif filename in first_line:
-            row_problems.append(f"{where}: duplicate img_filename (first on line {first_line[filename]})")
-        else:
-            first_line[filename] = line
+        elif duplicate := duplicate_problem(first_line, filename, line, where, "img_filename"):
+            row_problems.append(duplicate)
         label = _parse_flag(cell(row, "y"), (0, 1))
         if label is None:
             row_problems.append(f"{where}: y must be 0 (landbird) or 1 (waterbird), got '{cell(row, 'y')}'")
@@ -310,9 +308,7 @@ def prepare_waterbirds(
             if n == 0
         ]
         if problems:
-            raise WaterbirdsDataError(
-                problems, header=f"{len(problems)} problem(s) in the Waterbirds dataset {csv_path.parent}:"
-            )
+            raise WaterbirdsDataError.counted(problems, f"the Waterbirds dataset {csv_path.parent}")
     except WaterbirdsDataError as error:
         # the bundle runner wraps this error in its own traceback: state the problems plainly first
         logger.error("the Waterbirds data in %s cannot be used:\n%s", dataset_dir, error)
