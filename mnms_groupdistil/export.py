@@ -16,10 +16,14 @@ writes, from the run's ``run_config.json`` (:mod:`mnms_groupdistil.run_settings`
         docs/README.md  LICENSE
 
 so that inside BUNDLE_DIR ``python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN
---output_dir OUT`` needs monai (with pytorch-ignite), torch and nibabel only (SimpleITK for DICOM input).
+--output_dir OUT`` needs monai (with pytorch-ignite), torch and nibabel only (SimpleITK for DICOM input; Pillow
+for images).
 
 The dataset-specific parts of an export are one :class:`ExportSpec`: which source bundle, which inference
-settings come from the run, how the input is described, and the README's words; the rest is shared.
+settings come from the run, how the input is described, and the README's words; the rest is shared. The run's
+record names its bundle (``run_config.json`` setting ``bundle``; a run without it is an M&Ms run), which picks
+the spec: :data:`MNMS` (4D cine volumes in, one prediction per patient out) or :data:`WATERBIRDS` (a folder of
+images in, one prediction per image out).
 """
 
 from __future__ import annotations
@@ -44,7 +48,16 @@ from mnms_groupdistil.network_checkpoints import load_network
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import package_versions, read_run_settings
 
-__all__ = ["MNMS", "ExportSpec", "export_bundle", "monai_network_def", "to_monai_state_dict"]
+__all__ = [
+    "MNMS",
+    "SPECS",
+    "WATERBIRDS",
+    "ExportSpec",
+    "export_bundle",
+    "monai_network_def",
+    "spec_of",
+    "to_monai_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +239,12 @@ class ExportSpec:
         input_channel_def: channel meaning written to ``network_data_format`` (one entry per input channel).
         readme: ``(settings, metrics, figures) -> str``: the dataset-specific part of ``docs/README.md``.
         use: what the bundle is for, in one sentence (metadata ``intended_use`` and the README).
+        packages: distributions the exported configs need besides monai, torch and numpy (their versions go to
+            metadata ``required_packages_version``).
+        needs: the README's words for what the bundle needs to run.
+        limits: the README's words for what the network has not seen and how it treats odd inputs.
+        value_range: the network input's value range written to ``network_data_format``; None keeps the source
+            bundle's.
     """
 
     bundle: str
@@ -233,6 +252,10 @@ class ExportSpec:
     input_channel_def: Callable[[int], dict[str, str]]
     readme: Callable[[Mapping[str, Any], Mapping[str, Any], Mapping[str, Any]], str]
     use: str
+    packages: tuple[str, ...]
+    needs: str
+    limits: str
+    value_range: tuple[float, ...] | None
 
 
 def _mnms_readme(settings: Mapping[str, Any], metrics: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
@@ -258,7 +281,57 @@ MNMS = ExportSpec(
     input_channel_def=lambda n: {str(i): "image" if n == 1 else f"image (copy {i + 1} of {n})" for i in range(n)},
     readme=_mnms_readme,
     use="Research on vendor-robust classification of HCM vs normal from cine MRI; not for clinical use.",
+    packages=("nibabel", "pytorch-ignite"),
+    needs="monai (with pytorch-ignite), torch and nibabel (SimpleITK for DICOM input)",
+    limits="has seen no other scanners, sites or diseases; its figures hold for that test data only. Inputs are "
+    "classified frame by frame; a volume whose frames do not show the short-axis heart gets a prediction all the "
+    "same.",
+    value_range=(0, 1),
 )
+
+
+def _waterbirds_readme(settings: Mapping[str, Any], metrics: Mapping[str, Any], figures: Mapping[str, Any]) -> str:
+    size, resize = settings["image_size"], settings["resize_size"]
+    classes = ", ".join(settings["class_names"])
+    return f"""## Input and output
+
+Input: an image file, or a folder searched recursively for images (`.jpg`, `.jpeg`, `.png`, `.bmp`,
+`.tif`, `.tiff`, `.webp`); every image must decode completely. Each image is converted to RGB,
+resized to {resize} x {resize}, centre-cropped to {size} x {size} and normalised with the ImageNet mean
+and standard deviation, then classified ({classes}).
+
+Output in `--output_dir`: `predictions.csv`, one row per image: `image` (its path relative to the
+input folder), `prediction` and `probability_<class>` for every class.
+"""
+
+
+WATERBIRDS = ExportSpec(
+    bundle="waterbirds_groupdistil",
+    settings=("network_name", "in_channels", "class_names", "image_size", "resize_size"),
+    input_channel_def=lambda n: {str(i): "RGB"[i] if n == 3 else f"channel {i}" for i in range(n)},
+    readme=_waterbirds_readme,
+    use="Research on group-robust model compression only (landbird vs waterbird, robust to the background).",
+    packages=("nibabel", "pytorch-ignite", "pillow"),
+    needs="monai (with pytorch-ignite), torch, Pillow and nibabel",
+    limits="has seen no other kinds of birds, backgrounds or cameras; its figures hold for that test data "
+    "only. Every image gets a prediction, whether it shows a bird or not.",
+    value_range=None,
+)
+
+#: Source bundle folder -> its export spec.
+SPECS: dict[str, ExportSpec] = {spec.bundle: spec for spec in (MNMS, WATERBIRDS)}
+
+
+def spec_of(settings: Mapping[str, Any]) -> ExportSpec:
+    """The spec of the bundle a run's recorded ``settings`` name (``bundle``; none recorded: M&Ms).
+
+    Raises:
+        ValueError: the recorded bundle has no export spec.
+    """
+    name = settings.get("bundle") or MNMS.bundle
+    if name not in SPECS:
+        raise ValueError(f"the run's bundle {name!r} cannot be exported; exportable bundles: {sorted(SPECS)}.")
+    return SPECS[name]
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -297,8 +370,8 @@ def _readme(spec: ExportSpec, settings, metrics, figures, run_name: str, version
     return f"""# {settings.get('network_name')} student exported from run `{run_name}` (version {version})
 
 A student network trained with `{PACKAGE}` and exported with `python -m {PACKAGE}.export`. This
-folder is a MONAI bundle that needs only monai (with pytorch-ignite), torch and nibabel (SimpleITK
-for DICOM input); `scripts/` holds the code its configs use, copied from `{PACKAGE}`.
+folder is a MONAI bundle that needs only {spec.needs}; `scripts/` holds the code its configs use,
+copied from `{PACKAGE}`.
 
     python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN --output_dir OUT
 
@@ -323,9 +396,7 @@ the run (`run_config.json`):
 {results}
 ## Intended use and limits
 
-{spec.use} The network was trained on the data and splits named above and has seen no other
-scanners, sites or diseases; its figures hold for that test data only. Inputs are classified frame
-by frame; a volume whose frames do not show the short-axis heart gets a prediction all the same.
+{spec.use} The network was trained on the data and splits named above and {spec.limits}
 """
 
 
@@ -335,7 +406,7 @@ def export_bundle(
     checkpoint: str = "model_final.pt",
     version: str = "0.1.0",
     onnx: bool = False,
-    spec: ExportSpec = MNMS,
+    spec: ExportSpec | None = None,
     source_bundle: str | Path | None = None,
 ) -> Path:
     """Write the bundle of the network trained in ``run_dir`` to ``bundle_dir``.
@@ -346,7 +417,7 @@ def export_bundle(
         checkpoint: the weights file in ``run_dir`` (default: the last epoch's).
         version: the bundle's semantic version.
         onnx: also write ``models/model.onnx`` (needs the onnx package).
-        spec: the dataset-specific parts.
+        spec: the dataset-specific parts; default: the spec of the bundle the run records (:func:`spec_of`).
         source_bundle: the bundle whose ``inference.json`` is exported; default ``bundles/<spec.bundle>``.
 
     Returns:
@@ -357,7 +428,6 @@ def export_bundle(
             semver, or the exported network disagrees with the trained one.
     """
     run_dir, bundle_dir = Path(run_dir), Path(bundle_dir)
-    source = Path(source_bundle) if source_bundle else BUNDLES_DIR / spec.bundle
     if not _SEMVER.match(str(version)):
         raise ValueError(f"version={version!r} is not a semantic version MAJOR.MINOR.PATCH, e.g. 0.1.0.")
     if not (run_dir / "run_config.json").is_file():
@@ -366,6 +436,8 @@ def export_bundle(
             "when they start); an older run can be trained again to get one."
         )
     settings = read_run_settings(run_dir)
+    spec = spec or spec_of(settings)
+    source = Path(source_bundle) if source_bundle else BUNDLES_DIR / spec.bundle
     missing = [k for k in spec.settings if k not in settings]
     if missing:
         raise ValueError(f"{run_dir / 'run_config.json'} lacks the settings {missing} that inference needs.")
@@ -396,30 +468,32 @@ def export_bundle(
     config.update(
         {
             "network_def": network_def,
-            "run_dir": None,
             "output_dir": "$@bundle_root + '/predictions'",
             "ckpt_path": "$@bundle_root + '/models/model.pt'",
         }
     )
+    if "run_dir" in config:  # the source reads the run's settings from it; they are baked in here
+        config["run_dir"] = None
     modules = script_modules(sorted(_config_modules(config)))
     imports = [i for i in config.get("imports", []) if not re.search(rf"\b{PACKAGE}\b", i)]
     config["imports"] = imports + [f"$import {m}" for m in [PACKAGE, *modules]]  # `$import a.b` binds no `a`
     config = _rename_package(config)
 
     metadata = json.loads((source / "configs" / "metadata.json").read_text())
-    versions = package_versions(("monai", "torch", "numpy", "nibabel", "pytorch-ignite"))
+    versions = package_versions(("monai", "torch", "numpy", *spec.packages))
     metadata.update(
         {
             "version": version,
             "changelog": {
                 version: f"exported from run {run_dir.name} ({checkpoint}) on "
                 f"{datetime.now(timezone.utc).date().isoformat()}: {settings.get('mode')} {name}, "
-                f"split {settings.get('split')}, seed {settings.get('seed')}, {settings.get('max_epochs')} epochs"
+                + (f"split {settings['split']}, " if "split" in settings else "")
+                + f"seed {settings.get('seed')}, {settings.get('max_epochs')} epochs"
             },
             "monai_version": versions["monai"],
             "pytorch_version": versions["torch"],
             "numpy_version": versions["numpy"],
-            "required_packages_version": {k: versions[k] for k in ("nibabel", "pytorch-ignite")},
+            "required_packages_version": {k: versions[k] for k in spec.packages},
             "eval_metrics": figures["metrics"],
             "intended_use": spec.use,
         }
@@ -429,10 +503,11 @@ def export_bundle(
         {
             "num_channels": in_channels,
             "spatial_shape": [image_size, image_size],
-            "value_range": [0, 1],
             "channel_def": spec.input_channel_def(in_channels),
         }
     )
+    if spec.value_range is not None:
+        data_format["inputs"]["image"]["value_range"] = list(spec.value_range)
     data_format["outputs"]["pred"].update(
         {
             "num_channels": num_classes,
@@ -500,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = export_bundle(
-            args.run_dir, args.bundle_dir, args.checkpoint, args.version, args.onnx, MNMS, args.source_bundle
+            args.run_dir, args.bundle_dir, args.checkpoint, args.version, args.onnx, None, args.source_bundle
         )
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from conftest import BundleRunner
 from monai.bundle import ConfigParser
 from PIL import Image, ImageDraw
 from test_bundle import config_problems, exception_chain, merged_config, tensorboard_scalars
+from test_export import _run, _without_package
 
 from mnms_groupdistil.data.synthetic import write_waterbirds
 from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
@@ -420,3 +423,76 @@ def test_report_prints_the_per_group_table(runs, caplog):
         assert f"{100 * metrics[f'test_acc_{group}']:.1f}" == rows[group][1]
     assert rows["adjusted-average"][1] == f"{100 * metrics['test_adjusted_average_acc']:.1f}"
     assert "Test accuracy (%) per group" in caplog.text and "Validation accuracy (%) per group" in caplog.text
+
+
+@pytest.mark.slow
+def test_exported_student_classifies_images_without_the_package(dataset, runs, tmp_path):
+    """``python -m mnms_groupdistil.export`` on the GroupDistil run (the bundle is picked from its record).
+
+    The exported bundle classifies a folder of images (two species folders) in a process where
+    ``import mnms_groupdistil`` fails, and writes the predictions of the source inference.json.
+    """
+    run = runs["groupdistil"]
+    settings = json.loads((run / "run_config.json").read_text())["settings"]
+    assert (settings["bundle"], settings["image_size"], settings["resize_size"]) == ("waterbirds_groupdistil", 32, 37)
+    with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    bundle = tmp_path / "exported"
+    proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    reported = json.loads((run / "metrics.json").read_text())["metrics"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
+    assert {"test_worst_group_acc", "test_adjusted_average_acc"} <= set(metadata["eval_metrics"])
+    image = metadata["network_data_format"]["inputs"]["image"]
+    assert (image["spatial_shape"], image["num_channels"], image["channel_def"]) == (
+        [32, 32],
+        3,
+        {"0": "R", "1": "G", "2": "B"},
+    )
+    assert set(metadata["required_packages_version"]) == {"nibabel", "pytorch-ignite", "pillow"}
+    config_text = (bundle / "configs" / "inference.json").read_text()
+    assert "mnms_groupdistil" not in config_text
+    config = json.loads(config_text)
+    assert (config["image_size"], config["resize_size"], config["class_names"]) == (32, 37, ["landbird", "waterbird"])
+    for module in ("inference.py", "data/waterbirds.py", "data/errors.py", "errors.py"):  # verbatim copies
+        assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
+    readme = (bundle / "docs" / "README.md").read_text()
+    assert "predictions.csv" in readme and "37 x 37" in readme and "32 x 32" in readme
+
+    release = dataset / "waterbird_complete95_forest2water2"
+    images = tmp_path / "images"
+    species = sorted(p for p in release.iterdir() if p.is_dir())[:2]
+    for folder in species:
+        shutil.copytree(folder, images / folder.name)
+    expected_names = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.jpg"))
+    assert len(expected_names) >= 2
+
+    source_out = tmp_path / "source_predictions"
+    run_workflow(
+        [INFERENCE],
+        workflow_type=None,
+        run_id="inference",
+        dataset_dir=str(images),
+        output_dir=str(source_out),
+        ckpt_path=str(run / "model_final.pt"),
+        image_size=32,
+        num_workers=0,
+        device="cpu",
+    )
+
+    env = _without_package(tmp_path)
+    proc = _run([sys.executable, "-c", "import mnms_groupdistil"], bundle, env)
+    assert proc.returncode != 0 and "mnms_groupdistil is not installed here" in proc.stderr
+    out = tmp_path / "exported_predictions"
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(images), "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"]
+    proc = _run(command, bundle, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    tables = {}
+    for name, folder in (("source", source_out), ("exported", out)):
+        with open(folder / "predictions.csv", newline="") as handle:
+            tables[name] = list(csv.DictReader(handle))
+    assert [r["image"] for r in tables["exported"]] == expected_names
+    assert tables["exported"] == tables["source"]
