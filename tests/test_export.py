@@ -140,6 +140,36 @@ def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, errors="replace", timeout=300)
 
 
+def export_with_the_cli(run: Path, bundle: Path) -> dict:
+    """``python -m mnms_groupdistil.export RUN BUNDLE``; checks that the metadata holds the run's test figures.
+
+    Returns:
+        the exported ``configs/metadata.json``.
+    """
+    with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reported = json.loads((run / "metrics.json").read_text())["metrics"]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
+    assert "test_worst_group_acc" in metadata["eval_metrics"]
+    return metadata
+
+
+def run_exported_inference(
+    bundle: Path, dataset_dir: Path, out: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess:
+    """The exported bundle's inference.json on ``dataset_dir``, run from ``bundle`` with ``env``, where (checked
+    first) ``import mnms_groupdistil`` fails; returns the finished process, which succeeded."""
+    proc = _run([sys.executable, "-c", "import mnms_groupdistil"], bundle, env)
+    assert proc.returncode != 0 and "mnms_groupdistil is not installed here" in proc.stderr
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(dataset_dir), "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"]
+    proc = _run(command, bundle, env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package(tmp_path):
     """Train one epoch on a hand-written cohort, export with the CLI, classify a 4D NIfTI volume without the package.
@@ -170,14 +200,8 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
     workflow.finalize()
     assert json.loads((run / "run_config.json").read_text())["settings"]["image_size"] == 32
 
-    with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     bundle = tmp_path / "exported"
-    proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    reported = json.loads((run / "metrics.json").read_text())["metrics"]
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
-    assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
-    assert "test_worst_group_acc" in metadata["eval_metrics"]
+    export_with_the_cli(run, bundle)
 
     volume = sorted(data.rglob("*_sa.nii.gz"))[0]
     assert len(nib.load(str(volume)).shape) == 4
@@ -200,13 +224,8 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
     )
 
     env = _without_package(tmp_path)
-    proc = _run([sys.executable, "-c", "import mnms_groupdistil"], bundle, env)
-    assert proc.returncode != 0 and "mnms_groupdistil is not installed here" in proc.stderr
     out = tmp_path / "exported_predictions"
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    command += ["--dataset_dir", str(volume), "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"]
-    proc = _run(command, bundle, env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_exported_inference(bundle, volume, out, env)
     assert "volumes/s" in proc.stdout + proc.stderr
     proc = _run(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
