@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -50,6 +51,8 @@ def test_every_filters_events():
     keep = every(3)
     assert [i for i in range(1, 10) if keep(None, i)] == [3, 6, 9]
     assert all(every(1)(None, i) for i in range(1, 5))
+    engine = SimpleNamespace(state=SimpleNamespace(epoch_length=4))  # and the last iteration of each epoch
+    assert [i for i in range(1, 13) if every(10)(engine, i)] == [4, 8, 10, 12]
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="log interval"):
             every(bad)

@@ -284,8 +284,9 @@ def test_evaluate_reports_test_figures_of_a_checkpoint(dataset, runs):
 @pytest.mark.parametrize("mode", ["erm", "kd", "groupdro"])
 def test_other_modes_train(dataset, runs, tmp_path, mode):
     files = {"erm": [TRAIN, ERM], "kd": [TRAIN, KD], "groupdro": [TRAIN, GROUPDRO]}[mode]
-    extra = {"group_batches": False} if mode == "groupdro" else {}  # mixed batches (online groupDRO)
-    run_workflow(
+    # groupDRO on mixed batches (online groupDRO); KD with the speed options (bfloat16 autocast on the CPU)
+    extra = {"groupdro": {"group_batches": False}, "kd": {"amp": True, "channels_last": True}}.get(mode, {})
+    workflow = run_workflow(
         files,
         dataset_dir=str(dataset / "waterbird_complete95_forest2water2"),
         output_dir=str(tmp_path),
@@ -300,6 +301,12 @@ def test_other_modes_train(dataset, runs, tmp_path, mode):
     else:
         assert updates == 0 and torch.allclose(weights, torch.full((4,), 0.25, dtype=weights.dtype))
     assert json.loads((tmp_path / "metrics.json").read_text())["mode"] == mode
+    if mode == "kd":
+        trainer = workflow.parser.get_parsed_content("train#trainer")
+        teacher = workflow.parser.get_parsed_content("teacher")
+        assert trainer.amp is False and trainer.inferer.dtype is torch.bfloat16  # bfloat16 needs no scaler
+        assert trainer.network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_inference_writes_one_prediction_per_image(dataset, runs, tmp_path):
