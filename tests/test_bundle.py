@@ -23,7 +23,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.bundle.config_item import ComponentLocator
 from monai.bundle.reference_resolver import ReferenceResolver
@@ -456,47 +455,7 @@ def test_evaluate_writes_evaluation_json(evaluation, student_dirs):
 
 
 # ---------------------------------------------------------------------------------- 5. resume
-
-
-def test_resume_continues_from_last_epoch(bundle, cohort, tmp_path):
-    out = tmp_path / "teacher_resume"
-    common = dict(dataset_dir=str(cohort), output_dir=str(out), **{**TINY, "max_epochs": 1})
-    bundle.run([TRAIN, TEACHER], **common)
-    first = load_checkpoint(out / "checkpoint_final.pt")
-    epoch_length = first["trainer"]["epoch_length"]
-    assert first["trainer"]["iteration"] == epoch_length
-    _, first_updates = group_weights_of(first)
-    assert first_updates == epoch_length
-    first_report = json.loads((out / "metrics.json").read_text())
-
-    workflow = bundle.make([TRAIN, TEACHER], **{**common, "max_epochs": 2})
-    workflow.initialize()
-    trainer = workflow.parser.get_parsed_content("train#trainer")
-    epochs_run, iterations_run = [], []
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
-    workflow.run()
-    workflow.finalize()
-
-    assert epochs_run == [2], f"the resumed run trained epochs {epochs_run}, expected only epoch 2"
-    assert iterations_run == list(range(epoch_length + 1, 2 * epoch_length + 1))
-    second = load_checkpoint(out / "checkpoint_final.pt")
-    assert second["trainer"]["iteration"] == 2 * epoch_length
-    assert second["trainer"]["iteration"] // second["trainer"]["epoch_length"] == 2
-    _, second_updates = group_weights_of(second)
-    assert second_updates == 2 * epoch_length, "group weights restarted instead of continuing"
-    assert list(out.glob("checkpoint*epoch=2*.pt"))
-    report = json.loads((out / "metrics.json").read_text())
-    # the history of the first run survives the resume; the last epoch is reported
-    assert [h["epoch"] for h in report["history"]] == [1, 2]
-    assert report["history"][0] == first_report["history"][0]
-    assert report["selection"] == {"rule": "last_epoch", "epoch": 2, "checkpoint": "model_final.pt"}
-    assert report["metrics"] == report["history"][1]["metrics"]
-    # the checkpoints of the first run were removed once the resumed run had saved a newer one
-    assert sorted(p.name for p in out.glob("checkpoint*.pt")) == [
-        "checkpoint_checkpoint_epoch=2.pt",
-        "checkpoint_final.pt",
-    ]
+# (tests/test_resume.py: a stopped run resumes its remaining epochs and ends as an uninterrupted one)
 
 
 # ------------------------------------------------------------------------------- 6. bad input

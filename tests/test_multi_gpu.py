@@ -58,12 +58,19 @@ def _weights_by_epoch(log):
     return found
 
 
+@pytest.fixture(scope="module")
+def teacher_run(cohort, tmp_path_factory) -> tuple[Path, str]:
+    """The groupDRO teacher trained by two processes (one-group batches), once: its folder and its log."""
+    teacher = tmp_path_factory.mktemp("two_process") / "teacher"
+    return teacher, _torchrun(["train.json", "train_teacher.json", "multi_gpu_train.json"], teacher, cohort)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["groupdro", "kd"])  # one-group batches; shuffled DistributedSampler batches
-def test_two_process_training(cohort, tmp_path, mode):
+def test_two_process_training(cohort, teacher_run, tmp_path, mode):
+    """groupdro: the two-process teacher itself; kd: a student distilled by two processes from that teacher."""
     data = cohort
-    teacher = tmp_path / "teacher"
-    log = _torchrun(["train.json", "train_teacher.json", "multi_gpu_train.json"], teacher, data)
+    teacher, log = teacher_run
     out = teacher
     if mode == "kd":
         out = tmp_path / "kd"

@@ -1,10 +1,14 @@
-"""Exact resume: a run stopped after epoch k and resumed from its checkpoint ends with the same
-network weights, optimizer state and group weights as an uninterrupted run, bit for bit (CPU)."""
+"""Exact resume: a run stopped after epoch k and resumed from its checkpoint trains only the remaining
+epochs, keeps its report history, and ends with the same network weights, optimizer state and group
+weights as an uninterrupted run, bit for bit (CPU)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from ignite.engine import Events
 
 TINY = {
     "split": "demo",
@@ -51,10 +55,40 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), max_epochs=3, **settings)
     bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=1, **settings)
     after_one = _final(stopped)
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
+    epoch_length = after_one["trainer"]["epoch_length"]
+    assert after_one["trainer"]["iteration"] == epoch_length
+    updates_per_iteration = 1 if mode == "groupdro" else 0  # robust weights move every step; ERM's never
+    assert int(after_one["group_weights"]["num_updates"]) == updates_per_iteration * epoch_length
+    first_report = json.loads((stopped / "metrics.json").read_text())
+
+    workflow = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    epochs_run, iterations_run = [], []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: iterations_run.append(e.state.iteration))
+    workflow.run()
+    workflow.finalize()
+    assert epochs_run == [2, 3], f"the resumed run trained epochs {epochs_run}, expected only 2 and 3"
+    assert iterations_run == list(range(epoch_length + 1, 3 * epoch_length + 1))
+
     a, b = _final(straight), _final(stopped)
-    assert b["trainer"]["iteration"] == a["trainer"]["iteration"] == 3 * a["trainer"]["epoch_length"]
+    assert b["trainer"]["iteration"] == a["trainer"]["iteration"] == 3 * epoch_length
+    # the group weights continued (a restart would have counted only the resumed epochs' updates)
+    assert int(b["group_weights"]["num_updates"]) == updates_per_iteration * 3 * epoch_length
     moved = not torch.equal(after_one["group_weights"]["log_weights"], b["group_weights"]["log_weights"])
     assert moved == (mode == "groupdro")  # the resumed epochs updated the robust weights; ERM keeps them fixed
     for key in ("network", "optimizer", "group_weights"):
         _assert_same(a[key], b[key], key)
+
+    report = json.loads((stopped / "metrics.json").read_text())
+    # the history of the first run survives the resume; the last epoch is reported
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]
+    assert report["history"][0] == first_report["history"][0]
+    assert report["selection"] == {"rule": "last_epoch", "epoch": 3, "checkpoint": "model_final.pt"}
+    assert report["metrics"] == report["history"][2]["metrics"]
+    # the checkpoints of the first run were removed once the resumed run had saved a newer one
+    assert sorted(p.name for p in stopped.glob("checkpoint*.pt")) == [
+        "checkpoint_checkpoint_epoch=3.pt",
+        "checkpoint_final.pt",
+    ]
