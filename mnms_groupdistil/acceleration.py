@@ -115,7 +115,10 @@ class AutocastInferer(Inferer):
 
 
 def every(interval: int) -> Callable[[Any, int], bool]:
-    """Ignite event filter true on every ``interval``-th event (for ``StatsHandler(iteration_log=...)``).
+    """Ignite iteration filter for the loggers (``StatsHandler``/``TensorBoardStatsHandler(iteration_log=...)``).
+
+    True on every ``interval``-th iteration and on the last iteration of every epoch, so a run with
+    fewer iterations per epoch than ``interval`` still logs its loss and group weights once per epoch.
 
     Raises:
         ValueError: ``interval`` < 1.
@@ -124,6 +127,7 @@ def every(interval: int) -> Callable[[Any, int], bool]:
         raise ValueError(f"log interval must be an integer >= 1, got {interval!r}.")
 
     def event_filter(engine: Any, event: int) -> bool:
-        return event % interval == 0
+        epoch_length = getattr(getattr(engine, "state", None), "epoch_length", None)
+        return event % interval == 0 or bool(epoch_length and event % epoch_length == 0)
 
     return event_filter

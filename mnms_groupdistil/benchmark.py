@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from mnms_groupdistil.acceleration import autocast_dtype, grad_scaler_needed
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights, distillation_loss
 from mnms_groupdistil.networks import build_network
+from mnms_groupdistil.reproduce import parse_overrides
 
 __all__ = ["BUNDLES", "BundleSpec", "benchmark_bundle", "ceiling", "main", "plain_kd_loss"]
 
@@ -292,8 +293,12 @@ def benchmark_bundle(
     cohort: str = "demo",
     bundles_dir: str | Path = DEFAULT_BUNDLES_DIR,
     work_dir: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure one configuration of one bundle (see the module docstring for the fields).
+
+    ``settings`` are further bundle ids for the end-to-end runs and the data pipeline (e.g.
+    ``{"augment_on_device": True}``); they are recorded in the result.
 
     Raises:
         ValueError: an unknown bundle, or one whose configs are not in ``bundles_dir``.
@@ -336,6 +341,7 @@ def benchmark_bundle(
         }
         if num_workers is not None:
             overrides["num_workers"] = num_workers
+        overrides.update(settings or {})
         autocast = autocast_dtype(amp, device)
         result: dict[str, Any] = {
             "bundle": bundle,
@@ -343,6 +349,7 @@ def benchmark_bundle(
             "teacher": names["teacher_name"],
             "image_size": image_size,
             "batch_size": batch_size,
+            "settings": dict(settings or {}),
             "amp": amp,
             "amp_dtype": str(autocast).replace("torch.", "") if autocast else None,
             "channels_last": channels_last,
@@ -459,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cohort", default="demo", help="preset of the generated cohort (tiny, demo, ...)")
     parser.add_argument("--bundles_dir", default=str(DEFAULT_BUNDLES_DIR), help="folder holding the bundles")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    parser.add_argument(
+        "--override", nargs="*", default=[], metavar="ID=VALUE", help="further bundle settings (augment_on_device=True)"
+    )
     return parser
 
 
@@ -482,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     iterations=args.iterations,
                     cohort=args.cohort,
                     bundles_dir=args.bundles_dir,
+                    settings=parse_overrides(args.override),
                 )
             )
         except ValueError as e:

@@ -437,7 +437,7 @@ def plot_group_accuracy(
         return None
     plt = _pyplot()
     width = 0.8 / len(spec.methods)
-    fig, ax = plt.subplots(figsize=(2.4 + 1.6 * len(groups), 3.6))
+    fig, ax = plt.subplots(figsize=(4.4 + 1.6 * len(groups), 3.6))  # room for the legend beside the bars
     for i, method in enumerate(spec.methods):
         stats = [mean_std(r.get(f"acc_{g}") for r in _rows_of(rows, split, method.key)) for g in groups]
         means = [100 * (m if m is not None else math.nan) for m, _, _ in stats]
@@ -449,7 +449,7 @@ def plot_group_accuracy(
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     seeds = len({r["seed"] for r in split_rows})
-    ax.set_title(f"{spec.name} {split}: per-group accuracy, mean ± std over {seeds} seed(s)", fontsize=9)
+    fig.suptitle(f"{spec.name} {split}: per-group accuracy, mean ± std over {seeds} seed(s)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, plt, path)
 

@@ -86,16 +86,21 @@ def _fmt(value: float | None) -> str:
 
 
 def selection_lines(reports: Sequence[dict[str, Any]]) -> str:
-    """One line per run: which model its figures are of, how it was chosen, and its test frames."""
+    """One line per run: which model its figures are of, how it was chosen, its seed, and (M&Ms runs) its split
+    and test frames."""
     lines = []
     for report in reports:
         chosen = report.get("selection") or {}
-        lines.append(
+        line = (
             f"{report['name']}: {chosen.get('checkpoint', '?')} (rule {chosen.get('rule', '?')}, "
-            f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}, split {report.get('split', '?')} "
-            f"(split_seed {report.get('split_seed', '?')}), {report.get('test_subjects', '?')} test patients, "
-            f"test frames: {report.get('test_frames', '?')}"
+            f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}"
         )
+        if "split" in report:
+            line += (
+                f", split {report['split']} (split_seed {report.get('split_seed', '?')}), "
+                f"{report.get('test_subjects', '?')} test patients, test frames: {report.get('test_frames', '?')}"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -176,21 +181,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reports = [load_run(d) for d in args.runs]
+    logger.info("Reported models:\n%s\n", selection_lines(reports))
     if args.dataset == "waterbirds":
-        lines = []
-        for report in reports:
-            chosen = report.get("selection") or {}
-            lines.append(
-                f"{report['name']}: {chosen.get('checkpoint', '?')} (rule {chosen.get('rule', '?')}, "
-                f"epoch {chosen.get('epoch', '?')}), seed {report.get('seed', '?')}"
-            )
-        logger.info("Reported models:\n%s\n", "\n".join(lines))
         summaries = ("worst_group", "adjusted_average", "mean_group", "average")
         for part, name in (("test", "Test"), ("val", "Validation")):
             table = accuracy_table(reports, prefix=f"{part}_acc", summaries=summaries, group_label="")
             logger.info("%s accuracy (%%) per group:\n%s\n", name, table)
         return 0
-    logger.info("Reported models:\n%s\n", selection_lines(reports))
     logger.info("Test accuracy (%%) per vendor, frames:\n%s\n", accuracy_table(reports))
     logger.info(
         "Test accuracy (%%) per vendor, patients (majority over frames):\n%s\n",

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from mnms_groupdistil.acceleration import (
@@ -17,6 +19,7 @@ from mnms_groupdistil.acceleration import (
     grad_scaler_needed,
     to_device,
 )
+from mnms_groupdistil.batch_augment import AugmentOnDevice
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.networks import build_network
 
@@ -50,6 +53,8 @@ def test_every_filters_events():
     keep = every(3)
     assert [i for i in range(1, 10) if keep(None, i)] == [3, 6, 9]
     assert all(every(1)(None, i) for i in range(1, 5))
+    engine = SimpleNamespace(state=SimpleNamespace(epoch_length=4))  # and the last iteration of each epoch
+    assert [i for i in range(1, 13) if every(10)(engine, i)] == [4, 8, 10, 12]
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match="log interval"):
             every(bad)
@@ -160,3 +165,28 @@ def test_bundle_pins_memory_for_cuda():
     assert parsed("pin_memory", device="cuda:0") is True  # no GPU needed: only the setting is resolved
     assert parsed("pin_memory", device="cpu") is False
     assert parsed("num_workers") == default_num_workers()
+
+
+def test_bundle_rotates_and_flips_on_the_device(cohort, teacher_ckpt, tmp_path):
+    wf = workflow(cohort, teacher_ckpt, tmp_path, augment_on_device=True, network_name="resnet18")
+    names = [type(t).__name__ for t in wf.parser.get_parsed_content("train#preprocessing").transforms]
+    assert "RandRotated" not in names and "RandFlipd" not in names  # not also on the CPU
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    teacher = wf.parser.get_parsed_content("teacher")
+    assert isinstance(trainer.prepare_batch, AugmentOnDevice)
+    loaded, student_inputs, teacher_inputs = [], [], []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: loaded.append(e.state.batch["image"].clone()))
+    trainer.network.register_forward_pre_hook(  # training steps only, not the per-epoch test evaluation
+        lambda module, args: student_inputs.append(args[0].clone()) if module.training else None
+    )
+    teacher.register_forward_pre_hook(lambda module, args: teacher_inputs.append(args[0].clone()))
+    wf.run()
+    wf.finalize()
+    assert len(loaded) == len(student_inputs) == len(teacher_inputs) > 0
+    # the teacher sees exactly the augmented images the student sees, and they differ from the loaded ones
+    assert all(torch.equal(s, t) for s, t in zip(student_inputs, teacher_inputs))
+    assert any(not torch.allclose(s, b, atol=1e-4) for s, b in zip(student_inputs, loaded))
+    default = workflow(cohort, teacher_ckpt, tmp_path / "cpu", network_name="resnet18")
+    names = [type(t).__name__ for t in default.parser.get_parsed_content("train#preprocessing").transforms]
+    assert "RandRotated" in names and "RandFlipd" in names
+    assert not isinstance(default.parser.get_parsed_content("train#trainer").prepare_batch, AugmentOnDevice)

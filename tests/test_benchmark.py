@@ -23,7 +23,8 @@ def report(tmp_path_factory) -> dict:
     torch.set_num_threads(1)  # a second busy process on 2 cores makes two intra-op threads ~10x slower
     try:
         path = tmp_path_factory.mktemp("bench") / "bench.json"
-        assert benchmark.main([*TINY_ARGS, "--bundle", "mnms", "--json", str(path)]) == 0
+        argv = [*TINY_ARGS, "--bundle", "mnms", "--json", str(path), "--override", "augment_on_device=True"]
+        assert benchmark.main(argv) == 0
     finally:
         torch.set_num_threads(previous)
     return json.loads(path.read_text())
@@ -35,6 +36,7 @@ def test_json_structure(report):
     (config,) = report["configurations"]
     assert (config["bundle"], config["student"], config["teacher"]) == ("mnms", "densenet121", "resnet18")
     assert (config["image_size"], config["batch_size"], config["amp"], config["amp_dtype"]) == (32, 4, False, None)
+    assert config["settings"] == {"augment_on_device": True}
     for key in (
         "ceiling_img_s",
         "loss_path_img_s",

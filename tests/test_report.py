@@ -61,6 +61,9 @@ def test_tables_show_each_runs_reported_test_figures(tmp_path, caplog):
         "groupdistil: model.pt (rule best_val_worst_group_acc, epoch 3), seed 1, split demo (split_seed 0), "
         "16 test patients, test frames: random",
     ]
+    chosen = {"rule": "best_val_worst_group_acc", "epoch": 4, "checkpoint": "model.pt"}
+    waterbirds = {"name": "erm", "seed": 2, "selection": chosen}  # Waterbirds runs have one split, no "split"
+    assert report.selection_lines([waterbirds]) == "erm: model.pt (rule best_val_worst_group_acc, epoch 4), seed 2"
     with caplog.at_level(logging.INFO):
         assert report.main([str(kd), str(gd)]) == 0
     assert "Test accuracy (%) per vendor, frames" in caplog.text and "Validation accuracy" in caplog.text

@@ -15,8 +15,12 @@ TINY = {
     "device": "cpu",
     "network_name": "resnet18",
 }
-# one-group batches (GroupBatchSampler) and shuffled batches (RandomSampler), both with random transforms
-RUNS = {"groupdro": ["train.json", "train_groupdro.json"], "erm": ["train.json", "train_erm.json"]}
+# one-group batches (GroupBatchSampler) with the random transforms in the loader, and shuffled batches
+# (RandomSampler) with the random rotation and flips on the training device
+RUNS = {
+    "groupdro": (["train.json", "train_groupdro.json"], {}),
+    "erm": (["train.json", "train_erm.json"], {"augment_on_device": True}),
+}
 
 
 def _final(out):
@@ -41,12 +45,13 @@ def _assert_same(a, b, path=""):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(RUNS))
 def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode):
-    configs = RUNS[mode]
+    configs, settings = RUNS[mode]
+    settings = {**TINY, **settings}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), max_epochs=3, **TINY)
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=1, **TINY)
+    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), max_epochs=3, **settings)
+    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=1, **settings)
     after_one = _final(stopped)
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **TINY)
+    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
     a, b = _final(straight), _final(stopped)
     assert b["trainer"]["iteration"] == a["trainer"]["iteration"] == 3 * a["trainer"]["epoch_length"]
     moved = not torch.equal(after_one["group_weights"]["log_weights"], b["group_weights"]["log_weights"])

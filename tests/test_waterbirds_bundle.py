@@ -20,10 +20,12 @@ import pytest
 import torch
 from conftest import BundleRunner
 from monai.bundle import ConfigParser
+from monai.engines.utils import IterationEvents
 from PIL import Image, ImageDraw
 from test_bundle import config_problems, exception_chain, merged_config, tensorboard_scalars
 
 from mnms_groupdistil.data.synthetic import write_waterbirds
+from mnms_groupdistil.handlers import AtomicCheckpointSaver
 from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -284,8 +286,9 @@ def test_evaluate_reports_test_figures_of_a_checkpoint(dataset, runs):
 @pytest.mark.parametrize("mode", ["erm", "kd", "groupdro"])
 def test_other_modes_train(dataset, runs, tmp_path, mode):
     files = {"erm": [TRAIN, ERM], "kd": [TRAIN, KD], "groupdro": [TRAIN, GROUPDRO]}[mode]
-    extra = {"group_batches": False} if mode == "groupdro" else {}  # mixed batches (online groupDRO)
-    run_workflow(
+    # groupDRO on mixed batches (online groupDRO); KD with the speed options (bfloat16 autocast on the CPU)
+    extra = {"groupdro": {"group_batches": False}, "kd": {"amp": True, "channels_last": True}}.get(mode, {})
+    workflow = run_workflow(
         files,
         dataset_dir=str(dataset / "waterbird_complete95_forest2water2"),
         output_dir=str(tmp_path),
@@ -300,6 +303,17 @@ def test_other_modes_train(dataset, runs, tmp_path, mode):
     else:
         assert updates == 0 and torch.allclose(weights, torch.full((4,), 0.25, dtype=weights.dtype))
     assert json.loads((tmp_path / "metrics.json").read_text())["mode"] == mode
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    if mode == "kd":
+        teacher = workflow.parser.get_parsed_content("teacher")
+        assert trainer.amp is False and trainer.inferer.dtype is torch.bfloat16  # bfloat16 needs no scaler
+        assert trainer.network.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        assert teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # atomic checkpoints and the guard against signals and non-finite losses, as in the M&Ms bundle
+    guard = workflow.parser.get_parsed_content("train#run_guard")
+    assert isinstance(guard.checkpoint_saver, AtomicCheckpointSaver)
+    assert guard.checkpoint_saver is workflow.parser.get_parsed_content("train#checkpoint_saver")
+    assert trainer.has_event_handler(guard.loss_completed, IterationEvents.LOSS_COMPLETED)
 
 
 def test_inference_writes_one_prediction_per_image(dataset, runs, tmp_path):
