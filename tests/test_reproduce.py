@@ -373,3 +373,14 @@ def test_a_failed_run_with_two_jobs_starts_nothing_after_it(tmp_path):
     # failure nothing else started (no distilling run, nothing of seed 1)
     assert runs[0].run_dir in runner.calls
     assert set(runner.calls) <= {r.run_dir for r in runs[:3]}
+
+
+def test_digits_study_settings_are_waterbirds_bundle_ids():
+    """``configs/digits.json`` (the settings of the digits study) only sets ids the Waterbirds bundle has."""
+    settings = json.loads((BUNDLES_DIR.parent / "configs" / "digits.json").read_text())
+    train = json.loads((BUNDLES_DIR / "waterbirds_groupdistil" / "configs" / "train.json").read_text())
+    assert set(settings) <= set(train), sorted(set(settings) - set(train))
+    run = plan_runs(WATERBIRDS, [0], "out")[0]
+    args = bundle_args(WATERBIRDS, run, "data", extra_configs=[BUNDLES_DIR.parent / "configs" / "digits.json"])
+    assert resolve_setting(args, "train#trainer#max_epochs") == settings["max_epochs"]
+    assert resolve_setting(args, "network_name") == "resnet50"  # the teacher's network is not touched
