@@ -4,7 +4,8 @@ What the grid of :mod:`mnms_groupdistil.reproduce` runs per dataset (:data:`DATA
 splits, methods, the paper's figures), and pure functions over its results: one row per run
 (:func:`result_row`), mean and sample standard deviation over seeds (:func:`mean_std`), Markdown
 tables in the shape of the paper's (:func:`paper_table`, :func:`group_table`,
-:func:`step_size_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_group_weights`,
+:func:`step_size_table`), the paired GroupDistil - KD difference per seed
+(:func:`paired_difference_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_group_weights`,
 :func:`plot_step_sizes`). Figures in rows are fractions, as in ``metrics.json``; tables and plots
 show %.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnms_groupdistil.data.waterbirds import GROUPS as WATERBIRDS_GROUPS
 from mnms_groupdistil.report import read_group_weights
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "MEAN",
     "MNMS",
     "ROW_METRICS",
+    "WATERBIRDS",
     "WORST",
     "DatasetSpec",
     "Method",
@@ -35,6 +38,7 @@ __all__ = [
     "group_table",
     "is_finite",
     "mean_std",
+    "paired_difference_table",
     "paper_table",
     "plot_group_accuracy",
     "plot_group_weights",
@@ -91,7 +95,8 @@ class DatasetSpec:
         title: heading of its tables.
         bundle: bundle folder name under the bundles directory.
         splits: the splits of the paper's grid.
-        split_id: the bundle id that takes the split name; None when the bundle has one split.
+        split_id: the bundle id that takes the split name; None when the bundle has one fixed split
+            (then ``splits`` is that one name, and no ``split_seed`` is passed to the bundle).
         methods: the grid's methods, in table order; the teacher comes first.
         teacher: key of the method whose model the distilling methods learn from.
         sweep: key of the method that ``--group_step_sizes`` repeats with other ``eta_w``.
@@ -101,7 +106,8 @@ class DatasetSpec:
         paper: the paper's figures in %, ``(split, method key, metric key) -> (mean, std or None)``.
         paper_seeds: over how many seeds the paper averaged.
         note: what the headline figures are, printed under the table.
-        group_label: what a group is called in tables and plots (``vendor``).
+        group_label: what a group is called in tables and plots (``vendor``); empty for groups with
+            descriptive names (Waterbirds' ``landbird_water``).
     """
 
     name: str
@@ -131,13 +137,8 @@ class DatasetSpec:
 WORST = Metric("test_worst_group_acc", "worst-group", "worst_group")
 MEAN = Metric("test_mean_group_acc", "mean-group", "mean_group")
 
-#: Figures of every ``results.csv`` row (test data; patient level: majority vote over a patient's frames).
-ROW_METRICS = (
-    WORST,
-    MEAN,
-    Metric("test_patient_worst_group_acc", "patient worst-group", "patient_worst_group"),
-    Metric("test_patient_mean_group_acc", "patient mean-group", "patient_mean_group"),
-)
+#: Figures of every ``results.csv`` row (test data).
+ROW_METRICS = (WORST, MEAN)
 
 _MNMS_HELD_OUT = Metric("test_worst_group_acc", "held-out vendor", "worst_group")
 
@@ -157,7 +158,11 @@ MNMS = DatasetSpec(
     sweep="groupdistil",
     groups=("A", "C", "D"),
     headline=(_MNMS_HELD_OUT,),
-    metrics=(),
+    # patient level: majority vote over a patient's test frames
+    metrics=(
+        Metric("test_patient_worst_group_acc", "patient worst-group", "patient_worst_group"),
+        Metric("test_patient_mean_group_acc", "patient mean-group", "patient_mean_group"),
+    ),
     paper={
         ("split1", "teacher", _MNMS_HELD_OUT.key): (53.3, None),
         ("split1", "groupdro", _MNMS_HELD_OUT.key): (46.7, None),
@@ -177,8 +182,49 @@ MNMS = DatasetSpec(
     group_label="vendor",
 )
 
+_ADJUSTED = Metric("test_adjusted_average_acc", "adjusted average", "adjusted_average")
+
+WATERBIRDS = DatasetSpec(
+    name="waterbirds",
+    title="Waterbirds: test accuracy (%), adjusted average and worst group",
+    bundle="waterbirds_groupdistil",
+    splits=("official",),
+    split_id=None,
+    methods=(
+        Method("teacher", "groupDRO", "ResNet-50 (teacher)", ("train.json", "train_teacher.json"), robust=True),
+        Method("erm", "ERM", "ResNet-18", ("train.json", "train_erm.json"), robust=False),
+        Method("groupdro", "groupDRO", "ResNet-18", ("train.json", "train_groupdro.json"), robust=True),
+        Method("kd", "KD", "ResNet-18", ("train.json", "train_kd.json"), robust=False, distils=True),
+        Method("groupdistil", "GroupDistil", "ResNet-18", ("train.json",), robust=True, distils=True),
+    ),
+    teacher="teacher",
+    sweep="groupdistil",
+    groups=WATERBIRDS_GROUPS,
+    headline=(_ADJUSTED, WORST),
+    metrics=(_ADJUSTED, Metric("test_average_acc", "average", "average")),
+    paper={
+        ("official", "teacher", _ADJUSTED.key): (90.9, None),
+        ("official", "teacher", WORST.key): (86.8, None),
+        ("official", "groupdro", _ADJUSTED.key): (86.0, None),
+        ("official", "groupdro", WORST.key): (79.6, None),
+        ("official", "kd", _ADJUSTED.key): (95.2, None),
+        ("official", "kd", WORST.key): (78.0, None),
+        ("official", "groupdistil", _ADJUSTED.key): (86.6, None),
+        ("official", "groupdistil", WORST.key): (81.7, None),
+    },
+    paper_seeds=3,
+    note=(
+        "Adjusted average: the per-group test accuracies weighted by the training group proportions; "
+        "worst group: the lowest per-group test accuracy. The paper gives no ERM student figure. "
+        "Figures are those of each run's reported model (`metrics.json` `selection`: by default the "
+        "epoch of best validation worst-group accuracy on the official val split; `select_by=None` "
+        "reports the last epoch)."
+    ),
+    group_label="",
+)
+
 #: The datasets the grid knows, by name.
-DATASETS: dict[str, DatasetSpec] = {MNMS.name: MNMS}
+DATASETS: dict[str, DatasetSpec] = {MNMS.name: MNMS, WATERBIRDS.name: WATERBIRDS}
 
 
 def is_finite(value: Any) -> bool:
@@ -257,6 +303,11 @@ def format_mean_std(mean: float | None, std: float | None, scale: float = 100.0)
     return f"{scale * mean:.1f}" if std is None else f"{scale * mean:.1f} ± {scale * std:.1f}"
 
 
+def _group_name(label: str, group: str) -> str:
+    """``"vendor A"``; the bare group name when ``label`` is empty."""
+    return f"{label} {group}".strip()
+
+
 def _rows_of(rows: Sequence[Mapping[str, Any]], split: str, key: str) -> list[Mapping[str, Any]]:
     return [r for r in rows if r["split"] == split and r["run"] == key]
 
@@ -292,7 +343,7 @@ def group_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str
     """Per-group test accuracy (%) of each method on one split, mean ± std; groups without test data left out."""
     split_rows = [r for r in rows if r["split"] == split]
     groups = [g for g in spec.groups if any(r.get(f"acc_{g}") is not None for r in split_rows)]
-    header = ["method", "network", *(f"{spec.group_label} {g}" for g in groups), "worst-group", "mean-group"]
+    header = ["method", "network", *(_group_name(spec.group_label, g) for g in groups), "worst-group", "mean-group"]
     body = []
     for method in spec.methods:
         mine = _rows_of(rows, split, method.key)
@@ -312,7 +363,7 @@ def step_size_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], splits
     header = ["eta_w"]
     for split in splits:
         header += [f"{split} worst-group", f"{split} mean-group"]
-    fixed = [m for m in spec.methods if m.distils and not m.robust]
+    fixed = _fixed_weight_distillers(spec)
     body = []
     for method in fixed:
         cells = [f"{method.label} (fixed weights)"]
@@ -326,6 +377,38 @@ def step_size_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], splits
             mine = [r for r in rows if r["split"] == split and r["method"] == spec.sweep and r["eta_w"] == eta]
             cells += [format_mean_std(*mean_std(r[c] for r in mine)[:2]) for c in ("worst_group", "mean_group")]
         body.append(cells)
+    return _markdown(header, body)
+
+
+def _fixed_weight_distillers(spec: DatasetSpec) -> list[Method]:
+    """The methods that distil with fixed group weights (KD): what ``spec.sweep`` is compared with."""
+    return [m for m in spec.methods if m.distils and not m.robust]
+
+
+def paired_difference_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> list[str]:
+    """``spec.sweep`` minus KD on the same split and seed (GroupDistil - KD), in points; one line per figure.
+
+    The difference is taken per seed (both runs of a seed share its teacher), then summarised as
+    mean ± sample std over the seeds that have both figures; the count of seeds where
+    ``spec.sweep`` is higher tells how consistent the sign is. Figures: the headline ones, and the
+    worst-group accuracy if the headline lacks it. Step-size runs do not count.
+    """
+    sweep = spec.method(spec.sweep)
+    metrics = [*spec.headline, *([] if WORST.key in {m.key for m in spec.headline} else [WORST])]
+    header = ["split", "figure", "per seed (points)", "mean ± std", f"{sweep.label} higher"]
+    body = []
+    for baseline in _fixed_weight_distillers(spec):
+        for split in splits:
+            for metric in metrics:
+                ours = {r["seed"]: r[metric.column] for r in _rows_of(rows, split, sweep.key)}
+                theirs = {r["seed"]: r[metric.column] for r in _rows_of(rows, split, baseline.key)}
+                seeds = sorted(s for s in ours if is_finite(ours[s]) and is_finite(theirs.get(s)))
+                diffs = [float(ours[s]) - float(theirs[s]) for s in seeds]
+                mean, std, n = mean_std(diffs)
+                per_seed = ", ".join(f"{100 * d:+.1f} (seed {s})" for s, d in zip(seeds, diffs)) or "-"
+                summary = "-" if mean is None else f"{100 * mean:+.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+                wins = f"{sum(d > 0 for d in diffs)} of {n}"
+                body.append([split, f"{metric.label}, {sweep.label} - {baseline.label}", per_seed, summary, wins])
     return _markdown(header, body)
 
 
@@ -362,7 +445,7 @@ def plot_group_accuracy(
         positions = [k + (i - (len(spec.methods) - 1) / 2) * width for k in range(len(groups))]
         ax.bar(positions, means, width, yerr=errors, capsize=3, label=f"{method.label} {method.network}")
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{spec.group_label} {g}" for g in groups])
+    ax.set_xticklabels([_group_name(spec.group_label, g) for g in groups])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     seeds = len({r["seed"] for r in split_rows})
@@ -409,7 +492,7 @@ def plot_group_weights(
             per_seed = [dict(run[group]) for run in runs if group in run]
             steps = sorted(set.intersection(*(set(p) for p in per_seed)))
             values = [[p[s] for p in per_seed] for s in steps]
-            line = ax.plot(steps, [sum(v) / len(v) for v in values], label=f"{group_label} {group}")[0]
+            line = ax.plot(steps, [sum(v) / len(v) for v in values], label=_group_name(group_label, group))[0]
             if len(per_seed) > 1:
                 low, high = [min(v) for v in values], [max(v) for v in values]
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
@@ -446,7 +529,7 @@ def plot_step_sizes(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split:
             capsize=3,
             label=f"{spec.method(spec.sweep).label} {label}",
         )
-        for method in (m for m in spec.methods if m.distils and not m.robust):
+        for method in _fixed_weight_distillers(spec):
             mean = mean_std(r[column] for r in _rows_of(rows, split, method.key))[0]
             if mean is not None:
                 color = line.lines[0].get_color()

@@ -10,6 +10,13 @@ the teacher of that split and seed. ``--group_step_sizes 0 0.001 0.01 0.1 1`` ad
 run per group-weight step size ``eta_w``. The patients of a split are fixed by ``--split_seed``;
 ``--seeds`` vary the training only.
 
+    python -m mnms_groupdistil.reproduce /data/waterbirds --dataset waterbirds --seeds 0 1 2
+
+runs the Waterbirds grid on its one official split (``metadata.csv``): per seed a groupDRO
+ResNet-50 teacher, then ERM, groupDRO, KD and GroupDistil ResNet-18 students. ``--jobs 2`` trains
+two runs at once (a distilling run waits for its teacher); on a small CPU give each process one
+thread (``OMP_NUM_THREADS=1``).
+
 Runs live in ``<output_dir>/runs/<dataset>/<split>/seed<seed>/<run>``. A run whose
 ``metrics.json`` reports the configured number of epochs is reused; any other is started again
 with the same settings, and the bundle resumes it from the last checkpoint in its folder. Every
@@ -20,8 +27,8 @@ top of each run's configs, ``--override max_epochs=1 image_size=32 device=cpu`` 
 
 Written to ``output_dir``: ``results.csv`` (one row per run), ``results.md`` (mean +- sample
 standard deviation over seeds beside the paper's figures, per-group accuracy, the ``eta_w``
-table) and PNG plots (group weights over training and per-group accuracy per method, accuracy
-against ``eta_w``).
+table, the paired GroupDistil - KD difference per seed) and PNG plots (group weights over training
+and per-group accuracy per method, accuracy against ``eta_w``).
 
 About ``eta_w = 0``: the group weights then stay uniform, ``w_d = 1/G``, and the robust objective
 is ``sum_d (1/G) * mean_{i in d} l_i``, i.e. every sample of group ``d`` weighs ``1/(G n_d)`` in a
@@ -43,8 +50,10 @@ import math
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +67,7 @@ from mnms_groupdistil.paper import (
     Metric,
     group_table,
     is_finite,
+    paired_difference_table,
     paper_table,
     plot_group_accuracy,
     plot_group_weights,
@@ -158,6 +168,11 @@ def plan_runs(
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}.")
     if not splits or len(set(splits)) != len(splits):
         raise ValueError(f"splits must be a non-empty list of distinct names, got {splits}.")
+    if spec.split_id is None and splits != list(spec.splits):
+        raise ValueError(
+            f"dataset {spec.name} has one fixed split ({', '.join(spec.splits)}); --splits {' '.join(splits)} "
+            "does not apply to it."
+        )
     if any(not math.isfinite(float(s)) or float(s) < 0 for s in step_sizes):
         raise ValueError(f"group_step_sizes must be finite and >= 0, got {list(step_sizes)}.")
     sweep = spec.method(spec.sweep)
@@ -225,7 +240,7 @@ def bundle_args(
         bundles_dir: folder holding ``spec.bundle``.
         extra_configs: JSON files merged on top of the method's configs.
         overrides: single bundle ids to set.
-        split_seed: seed that fixes the split's patients.
+        split_seed: seed that fixes the split's patients (datasets with a ``split_id`` only).
         teacher_ckpt: the teacher's model, for a distilling method.
 
     Raises:
@@ -246,9 +261,9 @@ def bundle_args(
         "dataset_dir": str(dataset_dir),
         "output_dir": str(run.run_dir),
         "seed": run.seed,
-        "split_seed": int(split_seed),
     }
     if spec.split_id:
+        args["split_seed"] = int(split_seed)
         args[spec.split_id] = run.split
     args.update(overrides)
     if run.step_size is not None:
@@ -348,65 +363,104 @@ def run_grid(
     overrides: Mapping[str, Any] | None = None,
     split_seed: int = 0,
     runner: Callable[[Path, Path], int] = run_bundle,
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """Train the runs that are not finished, in order, and return one :func:`result_row` per run.
+    """Train the runs that are not finished and return one :func:`result_row` per run, in ``runs``' order.
 
-    Logs one progress line per run (``[i/N] name: ...`` with its time and result).
+    Logs one progress line per run (``[i/N] name: ...`` with its time and result). Up to ``jobs``
+    runs train at once, started in ``runs``' order; a distilling run starts once its teacher has
+    finished. With ``jobs=1`` the runs train one after the other. After a failure no further run
+    starts; the runs already training finish.
 
     Args:
         spec: the dataset.
         runs: from :func:`plan_runs`.
         dataset_dir, bundles_dir, extra_configs, overrides, split_seed: see :func:`bundle_args`.
         runner: ``(args_path, log_path) -> exit status``; default :func:`run_bundle`.
+        jobs: how many runs train at the same time (each its own process with the default runner).
 
     Raises:
-        ValueError: when a run folder holds a run started with other settings.
+        ValueError: when ``jobs`` is not a positive int, or a run folder holds a run started with other settings.
         RuntimeError: when a run fails or ends without reporting all its epochs (its log is named).
     """
-    rows = []
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}.")
     required = [m.key for m in (*spec.headline, WORST, MEAN)]
-    for index, run in enumerate(runs, start=1):
-        prefix = f"[{index}/{len(runs)}] {spec.name} {run.name}"
-        teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
-        args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
-        args_path = run.run_dir / RUN_ARGS
-        if args_path.is_file():
-            before = json.loads(args_path.read_text(encoding="utf-8"))
-            if before != args:
-                changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
-                raise ValueError(
-                    f"{run.run_dir} holds a run started with other settings ({', '.join(changed)} differ in "
-                    f"{args_path}): use another --output_dir, or remove that folder to train it again."
-                )
-        max_epochs = int(resolve_setting(args, "train#trainer#max_epochs"))
-        state = run_state(run.run_dir, max_epochs, required)
-        eta_w = float(resolve_setting(args, "group_step_size")) if run.method.robust else None
-        if state == "done":
-            report = load_metrics(run.run_dir)
-            logger.info(f"{prefix}: finished earlier, reused; {_summary(report, spec.headline)}")
-            rows.append(_row(spec, run, report, eta_w))
-            continue
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        args_path.write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
-        log_path = run.run_dir / "bundle.log"
-        action = "resuming" if state == "partial" else "training"
-        logger.info(f"{prefix}: {action} (log: {log_path})")
-        start = time.monotonic()
-        status = runner(args_path, log_path)
-        seconds = time.monotonic() - start
-        if status != 0 or run_state(run.run_dir, max_epochs, required) != "done":
-            if status:
-                what = f"failed (exit status {status})"
-            else:
-                what = f"ended without reporting epoch {max_epochs} in {run.run_dir / 'metrics.json'}"
-            raise RuntimeError(
-                f"{prefix} {what}; see {log_path}. The same command resumes it from its last checkpoint; "
-                f"remove {run.run_dir} to train it from scratch. Last lines of the log:\n{_tail(log_path)}"
-            )
-        report = load_metrics(run.run_dir)
-        logger.info(f"{prefix}: done in {seconds:.0f} s; {_summary(report, spec.headline)}")
-        rows.append(_row(spec, run, report, eta_w))
+    stop = threading.Event()
+
+    def train(index: int, run: Run) -> dict[str, Any] | None:
+        if stop.is_set():
+            return None
+        try:
+            teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
+            args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
+            return _train_one(spec, run, args, f"[{index}/{len(runs)}] {spec.name} {run.name}", required, runner)
+        except Exception:
+            stop.set()
+            raise
+
+    futures: dict[Path, Future] = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for index, run in enumerate(runs, start=1):
+            teacher = futures.get(run.teacher_dir) if run.teacher_dir is not None else None
+            if teacher is not None:
+                wait([teacher])
+            if stop.is_set():
+                break
+            futures[run.run_dir] = pool.submit(train, index, run)
+    rows = []
+    for future in futures.values():
+        row = future.result()  # the first failure in the runs' order is raised
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _train_one(
+    spec: DatasetSpec,
+    run: Run,
+    args: dict[str, Any],
+    prefix: str,
+    required: Sequence[str],
+    runner: Callable[[Path, Path], int],
+) -> dict[str, Any]:
+    """Reuse or train one run of :func:`run_grid` (its :func:`bundle_args` given) and return its row."""
+    args_path = run.run_dir / RUN_ARGS
+    if args_path.is_file():
+        before = json.loads(args_path.read_text(encoding="utf-8"))
+        if before != args:
+            changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
+            raise ValueError(
+                f"{run.run_dir} holds a run started with other settings ({', '.join(changed)} differ in "
+                f"{args_path}): use another --output_dir, or remove that folder to train it again."
+            )
+    max_epochs = int(resolve_setting(args, "train#trainer#max_epochs"))
+    state = run_state(run.run_dir, max_epochs, required)
+    eta_w = float(resolve_setting(args, "group_step_size")) if run.method.robust else None
+    if state == "done":
+        report = load_metrics(run.run_dir)
+        logger.info(f"{prefix}: finished earlier, reused; {_summary(report, spec.headline)}")
+        return _row(spec, run, report, eta_w)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    args_path.write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
+    log_path = run.run_dir / "bundle.log"
+    action = "resuming" if state == "partial" else "training"
+    logger.info(f"{prefix}: {action} (log: {log_path})")
+    start = time.monotonic()
+    status = runner(args_path, log_path)
+    seconds = time.monotonic() - start
+    if status != 0 or run_state(run.run_dir, max_epochs, required) != "done":
+        if status:
+            what = f"failed (exit status {status})"
+        else:
+            what = f"ended without reporting epoch {max_epochs} in {run.run_dir / 'metrics.json'}"
+        raise RuntimeError(
+            f"{prefix} {what}; see {log_path}. The same command resumes it from its last checkpoint; "
+            f"remove {run.run_dir} to train it from scratch. Last lines of the log:\n{_tail(log_path)}"
+        )
+    report = load_metrics(run.run_dir)
+    logger.info(f"{prefix}: done in {seconds:.0f} s; {_summary(report, spec.headline)}")
+    return _row(spec, run, report, eta_w)
 
 
 def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | None) -> dict[str, Any]:
@@ -485,6 +539,15 @@ def write_outputs(
         lines += [spec.note, ""]
     for split in splits:
         lines += [f"## Per-group test accuracy (%), {split}", "", *group_table(spec, rows, split), ""]
+    sweep = spec.method(spec.sweep)
+    lines += [
+        f"## Paired difference {sweep.label} - KD per seed (test accuracy, points)",
+        "",
+        *paired_difference_table(spec, rows, splits),
+        "",
+        "Each seed's two students distil from the same teacher; the spread is the sample std of the differences.",
+        "",
+    ]
     if any(run.step_size is not None for run in runs):
         label = spec.method(spec.sweep).label
         lines += [
@@ -512,7 +575,10 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
         The exit status: 0, or 1 when a run failed or a run folder holds other settings.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset_dir", help="the dataset's root folder (M&Ms: the OpenDataset folder)")
+    parser.add_argument(
+        "dataset_dir",
+        help="the dataset's root folder (M&Ms: the OpenDataset folder; Waterbirds: the release folder or its parent)",
+    )
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="mnms")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: as many as the paper)")
     parser.add_argument("--output_dir", default="runs/reproduce", help="runs, tables and plots go here")
@@ -522,6 +588,12 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     parser.add_argument("--config_file", nargs="*", default=[], help="JSON files merged on top of every run's configs")
     parser.add_argument("--override", nargs="*", default=[], help="ID=VALUE bundle settings for every run")
     parser.add_argument("--bundles_dir", default=str(BUNDLES_DIR), help="folder holding the bundles")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at the same time, each its own process (with OMP_NUM_THREADS=1 on a small CPU)",
+    )
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -535,6 +607,8 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     for config in args.config_file:
         if not Path(config).is_file():
             parser.error(f"--config_file {config} does not exist.")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}.")
     try:
         overrides = parse_overrides(args.override)
         seeds = args.seeds if args.seeds is not None else list(range(spec.paper_seeds))
@@ -555,14 +629,16 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     start = time.monotonic()
     try:
         rows = run_grid(
-            spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed, runner
+            spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed, runner,
+            args.jobs,
         )
     except (RuntimeError, ValueError) as error:
         logger.error(str(error))
         return 1
+    split_seed = f"Split seed {args.split_seed}; " if spec.split_id else ""
     settings = [
         f"Command: `python -m mnms_groupdistil.reproduce {shlex.join(sys.argv[1:] if argv is None else argv)}`",
-        f"Split seed {args.split_seed}; bundle `{spec.bundle}`; extra configs: "
+        f"{split_seed}Bundle `{spec.bundle}`; extra configs: "
         f"{', '.join(args.config_file) or 'none'}; overrides: {', '.join(args.override) or 'none'}.",
     ]
     written = write_outputs(spec, runs, rows, args.output_dir, settings)

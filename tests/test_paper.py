@@ -13,9 +13,11 @@ import pytest
 from mnms_groupdistil.paper import (
     DATASETS,
     MNMS,
+    WATERBIRDS,
     format_mean_std,
     group_table,
     mean_std,
+    paired_difference_table,
     paper_table,
     plot_group_accuracy,
     plot_step_sizes,
@@ -151,3 +153,56 @@ def test_method_lookup_names_the_known_methods():
     with pytest.raises(ValueError, match="no method 'erm'.*teacher, groupdro, kd, groupdistil"):
         MNMS.method("erm")
     assert DATASETS["mnms"] is MNMS
+
+
+def test_paired_difference_groupdistil_minus_kd_by_hand():
+    rows = [
+        row("split1", "kd", 0, 0.75),
+        row("split1", "kd", 1, 0.72),
+        row("split1", "kd", 2, 0.80),
+        row("split1", "groupdistil", 0, 0.80, eta_w=0.01),
+        row("split1", "groupdistil", 1, 0.70, eta_w=0.01),
+        row("split1", "groupdistil", 2, 0.90, eta_w=0.01),
+        row("split1", "groupdistil", 3, 0.99, eta_w=0.01),  # no KD of seed 3: not paired
+        row("split1", "groupdistil_eta1", 0, 0.10, eta_w=1.0),  # a step-size run: not the method's row
+    ]
+    lines = paired_difference_table(MNMS, rows, ["split1", "split2"])
+    assert lines[0] == "| split | figure | per seed (points) | mean ± std | GroupDistil higher |"
+    # differences +5, -2, +10 -> mean 13/3 = 4.33; deviations 0.67, -6.33, 5.67 -> squares 72.67 / 2 -> std 6.03
+    assert lines[2] == (
+        "| split1 | held-out vendor, GroupDistil - KD | +5.0 (seed 0), -2.0 (seed 1), +10.0 (seed 2) "
+        "| +4.3 ± 6.0 | 2 of 3 |"
+    )
+    assert lines[3] == "| split2 | held-out vendor, GroupDistil - KD | - | - | 0 of 0 |"  # nothing on split2
+    assert len(lines) == 4  # the headline is the worst-group figure: not listed twice
+
+
+def wb_row(run, seed, worst, adjusted):
+    metrics = {"test_worst_group_acc": worst, "test_mean_group_acc": worst, "test_adjusted_average_acc": adjusted}
+    metrics["test_acc_waterbird_land"] = worst
+    report = {"selection": {"rule": "best_val_worst_group_acc"}, "metrics": metrics}
+    return result_row(WATERBIRDS, report, split="official", run=run, method=run, seed=seed, eta_w=None)
+
+
+def test_waterbirds_tables_by_hand():
+    rows = [wb_row("kd", 0, 0.5, 0.9), wb_row("kd", 1, 0.7, 0.8), wb_row("groupdistil", 0, 0.6, 0.85)]
+    rows += [wb_row("groupdistil", 1, 0.6, 0.8), wb_row("erm", 0, 0.1, 0.95)]
+    assert rows[0]["adjusted_average"] == 0.9 and "patient_worst_group" not in rows[0]
+    table = paper_table(WATERBIRDS, rows, ["official"])
+    assert table[0] == (
+        "| method | network | official adjusted average | official adjusted average (paper) "
+        "| official worst-group | official worst-group (paper) |"
+    )
+    assert [line.split(" | ")[0] for line in table[2:]] == ["| groupDRO", "| ERM", "| groupDRO", "| KD", "| GroupDistil"]
+    # KD adjusted 0.9, 0.8 -> 85.0 +- 7.1 (sqrt(0.005) = 0.0707); worst 0.5, 0.7 -> 60.0 +- 14.1
+    assert table[5] == "| KD | ResNet-18 | 85.0 ± 7.1 | 95.2 | 60.0 ± 14.1 | 78.0 |"
+    assert table[3] == "| ERM | ResNet-18 | 95.0 | - | 10.0 | - |"
+    assert table[2] == "| groupDRO | ResNet-50 (teacher) | - | 90.9 | - | 86.8 |"
+    groups = group_table(WATERBIRDS, rows, "official")
+    assert groups[0] == "| method | network | waterbird_land | worst-group | mean-group |"
+    paired = paired_difference_table(WATERBIRDS, rows, ["official"])
+    # adjusted: 0.85 - 0.9 = -5, 0.8 - 0.8 = 0 -> mean -2.5, std sqrt(2 * 2.5^2 / 1) = 3.54
+    assert paired[2] == "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |"
+    # worst: +10, -10 -> mean 0, std sqrt(200) = 14.1
+    assert paired[3] == "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |"
+    assert DATASETS["waterbirds"] is WATERBIRDS

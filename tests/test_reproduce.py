@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mnms_groupdistil.paper import MNMS
+from mnms_groupdistil.paper import MNMS, WATERBIRDS
 from mnms_groupdistil.reproduce import (
     BUNDLES_DIR,
     RUN_ARGS,
@@ -286,3 +286,101 @@ def test_run_bundle_trains_in_a_new_process(tmp_path, cohort):
         assert run_bundle(run.run_dir / RUN_ARGS, run.run_dir / "bundle.log") == 0
     assert run_state(run.run_dir, 1) == "done"
     assert "--args_file" in (run.run_dir / "bundle.log").read_text(encoding="utf-8", errors="replace").splitlines()[0]
+
+
+# ------------------------------------------------------------------------------ Waterbirds
+
+
+class TableRunner(FakeRunner):
+    """'Trains' a Waterbirds run by writing the figures of ``table[(run, seed)]`` (worst, adjusted average)."""
+
+    def __init__(self, table: dict, fail: set[str] = frozenset()) -> None:
+        super().__init__(fail)
+        self.table = table
+
+    def __call__(self, args_path: Path, log_path: Path) -> int:
+        args = json.loads(args_path.read_text())
+        run_dir = Path(args["output_dir"])
+        self.calls.append(run_dir)
+        log_path.write_text("fake training\n")
+        if run_dir.name in self.fail:
+            return 1
+        worst, adjusted = self.table[(run_dir.name, args["seed"])]
+        report = finished_report(int(resolve_setting(args, "train#trainer#max_epochs")), worst)
+        report["metrics"]["test_adjusted_average_acc"] = adjusted
+        (run_dir / "metrics.json").write_text(json.dumps(report))
+        (run_dir / "model_final.pt").write_bytes(b"weights")
+        return 0
+
+
+WB_TABLE = {
+    (run, seed): (worst, adjusted)
+    for seed, figures in enumerate(
+        [
+            {"teacher": (0.8, 0.9), "erm": (0.1, 0.95), "groupdro": (0.6, 0.8), "kd": (0.5, 0.9), "groupdistil": (0.6, 0.85)},
+            {"teacher": (0.7, 0.9), "erm": (0.2, 0.95), "groupdro": (0.6, 0.8), "kd": (0.7, 0.8), "groupdistil": (0.6, 0.8)},
+        ]
+    )
+    for run, (worst, adjusted) in figures.items()
+}  # fmt: skip
+
+
+def test_waterbirds_grid_runs_five_methods_without_splits(tmp_path):
+    runs = plan_runs(WATERBIRDS, [0, 1], tmp_path / "out")
+    assert [r.key for r in runs[:5]] == ["teacher", "erm", "groupdro", "kd", "groupdistil"]
+    assert runs[0].run_dir == tmp_path / "out" / "runs" / "waterbirds" / "official" / "seed0" / "teacher"
+    with pytest.raises(ValueError, match="one fixed split \\(official\\); --splits split1 does not apply"):
+        plan_runs(WATERBIRDS, [0], tmp_path, ["split1"])
+    args = bundle_args(WATERBIRDS, runs[3], "data", overrides={"max_epochs": 1}, teacher_ckpt="t.pt")
+    configs = BUNDLES_DIR / "waterbirds_groupdistil" / "configs"
+    assert args["config_file"] == [str(configs / "train.json"), str(configs / "train_kd.json")]
+    assert "split_seed" not in args and "split" not in args  # the official split is fixed by metadata.csv
+    assert resolve_setting(args, "mode") == "kd" and resolve_setting(args, "train#trainer#max_epochs") == 1
+    assert resolve_setting(bundle_args(WATERBIRDS, runs[0], "data"), "network_name") == "resnet50"
+
+    rows = run_grid(WATERBIRDS, runs, tmp_path / "data", overrides={"max_epochs": 2}, runner=TableRunner(WB_TABLE))
+    written = write_outputs(WATERBIRDS, runs, rows, tmp_path / "out")
+    text = written["results.md"].read_text(encoding="utf-8")
+    # KD adjusted 0.9, 0.8 -> 85.0 +- 7.1; worst 0.5, 0.7 -> 60.0 +- 14.1
+    assert "| KD | ResNet-18 | 85.0 ± 7.1 | 95.2 | 60.0 ± 14.1 | 78.0 |" in text
+    assert "| ERM | ResNet-18 | 95.0 ± 0.0 | - | 15.0 ± 7.1 | - |" in text
+    assert "## Paired difference GroupDistil - KD per seed" in text
+    # adjusted 0.85 - 0.9 = -5, 0.8 - 0.8 = 0 -> -2.5 +- 3.5; worst +10, -10 -> 0 +- 14.1
+    assert "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |" in text
+    assert "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |" in text
+
+
+def test_two_jobs_train_every_run_once_and_distil_after_the_teacher(tmp_path):
+    runner = TableRunner(WB_TABLE)
+    runs = plan_runs(WATERBIRDS, [0, 1], tmp_path / "out")
+    rows = run_grid(WATERBIRDS, runs, tmp_path / "data", overrides={"max_epochs": 2}, runner=runner, jobs=2)
+    assert sorted(runner.calls) == sorted(r.run_dir for r in runs)
+    for run in runs:
+        if run.teacher_dir is not None:
+            assert runner.calls.index(run.teacher_dir) < runner.calls.index(run.run_dir)
+    # rows come in the plan's order whatever order the runs finished in
+    assert [(r["run"], r["seed"]) for r in rows] == [(r.key, r.seed) for r in runs]
+    with pytest.raises(ValueError, match="jobs must be a positive int, got 0"):
+        run_grid(WATERBIRDS, runs, tmp_path / "data", runner=runner, jobs=0)
+
+
+def test_a_failed_run_with_two_jobs_starts_nothing_after_it(tmp_path):
+    runner = TableRunner(WB_TABLE, fail={"teacher"})
+    runs = plan_runs(WATERBIRDS, [0, 1], tmp_path / "out")
+    with pytest.raises(RuntimeError, match="seed 0 teacher failed"):
+        run_grid(WATERBIRDS, runs, tmp_path / "data", overrides={"max_epochs": 2}, runner=runner, jobs=2)
+    # ERM and groupDRO of seed 0 may have trained beside the teacher; KD waited for the teacher, and after its
+    # failure nothing else started (no distilling run, nothing of seed 1)
+    assert runs[0].run_dir in runner.calls
+    assert set(runner.calls) <= {r.run_dir for r in runs[:3]}
+
+
+def test_digits_study_settings_are_waterbirds_bundle_ids():
+    """``configs/digits.json`` (the settings of the digits study) only sets ids the Waterbirds bundle has."""
+    settings = json.loads((BUNDLES_DIR.parent / "configs" / "digits.json").read_text())
+    train = json.loads((BUNDLES_DIR / "waterbirds_groupdistil" / "configs" / "train.json").read_text())
+    assert set(settings) <= set(train), sorted(set(settings) - set(train))
+    run = plan_runs(WATERBIRDS, [0], "out")[0]
+    args = bundle_args(WATERBIRDS, run, "data", extra_configs=[BUNDLES_DIR.parent / "configs" / "digits.json"])
+    assert resolve_setting(args, "train#trainer#max_epochs") == settings["max_epochs"]
+    assert resolve_setting(args, "network_name") == "resnet50"  # the teacher's network is not touched

@@ -280,10 +280,31 @@ def test_generated_digits_are_the_real_scikit_learn_digits(tmp_path):
     assert group_counts(parts["train"]) == train
 
 
+def test_plain_centred_digits_backgrounds_are_the_place_colour_only(tmp_path):
+    kwargs = {"seed": 1, "val_per_group": 2, "test_per_group": 2, "background": "plain", "centre": True}
+    release = synthetic.write_digits_waterbirds(tmp_path, **kwargs)
+    spreads = []
+    for row in read_rows(release):
+        image = np.asarray(Image.open(release / row["img_filename"]), dtype=np.float32)
+        # centred at 90% of the side: the outermost ring of pixels is background only
+        ring = np.concatenate([image[0], image[-1], image[1:-1, 0], image[1:-1, -1]])
+        colour = ring.mean(axis=0)
+        # land (70, 105, 45) and water (45, 95, 170), each channel shifted by at most 15: blue - green is
+        # -60 +- 30 on land and 75 +- 30 on water
+        assert (colour[2] - colour[1] > 0) == (row["place"] == "1"), (row, colour)
+        spreads.append(ring.std(axis=0).max())
+    # no trunks or waves: the ring varies by the pixel noise (std 8) and JPEG's colour bleeding only
+    # (measured: median 7.9 over these images; the drawn scenes give 23)
+    assert np.median(spreads) < 12
+    with pytest.raises(ValueError, match="background must be one of scene, plain, got 'grass'"):
+        synthetic.write_digits_waterbirds(tmp_path / "x", background="grass")
+
+
 def test_cli_writes_both_datasets_and_keeps_mnms(tmp_path):
     assert synthetic.main(["waterbirds", str(tmp_path / "w"), "--preset", "tiny"]) == 0
     assert (tmp_path / "w" / RELEASE_FOLDER / "metadata.csv").is_file()
-    assert synthetic.main(["digits", str(tmp_path / "d"), "--val_per_group", "3", "--test_per_group", "3"]) == 0
+    digits = ["digits", str(tmp_path / "d"), "--val_per_group", "3", "--test_per_group", "3", "--background", "plain"]
+    assert synthetic.main(digits) == 0
     assert (tmp_path / "d" / RELEASE_FOLDER / "metadata.csv").is_file()
     with pytest.raises(SystemExit):
         synthetic.main(["waterbirds", str(tmp_path / "x"), "--preset", "huge"])

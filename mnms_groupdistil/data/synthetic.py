@@ -51,6 +51,7 @@ __all__ = [
     "scaled_train_counts",
     "write_waterbirds",
     "write_digits_waterbirds",
+    "DIGITS_BACKGROUNDS",
     "build_parser",
     "main",
 ]
@@ -518,6 +519,13 @@ def scaled_train_counts(scale: float, minimum: int = 1) -> list[int]:
     return [max(int(minimum), int(round(c * scale))) for c in RELEASE_TRAIN_COUNTS]
 
 
+#: Colours of the plain digits backgrounds: land (green-brown), water (blue).
+_PLAIN_COLOURS = ((70, 105, 45), (45, 95, 170))
+
+#: Backgrounds of :func:`write_digits_waterbirds`.
+DIGITS_BACKGROUNDS = ("scene", "plain")
+
+
 def _background(place: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A land (green-brown, vertical tree trunks) or water (blue, horizontal waves) scene, (H, W, 3) in [0, 255]."""
     x = np.arange(width, dtype=np.float32)[None, :]
@@ -538,6 +546,13 @@ def _background(place: int, width: int, height: int, rng: np.random.Generator) -
         waves = np.sin(y / max(height, 1) * rng.uniform(20, 35) + 0.6 * np.sin(x / max(width, 1) * rng.uniform(4, 9)))
         image += 30.0 * (waves > 0.6)[..., None] * np.array([1.0, 1.0, 0.8], dtype=np.float32)
     image += rng.normal(0.0, 8.0, size=image.shape)
+    return np.clip(image, 0, 255)
+
+
+def _plain_background(place: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A land (green-brown) or water (blue) colour with pixel noise and no texture, (size, size, 3) in [0, 255]."""
+    base = np.array(_PLAIN_COLOURS[place], dtype=np.float32) + rng.uniform(-15, 15, size=3)
+    image = np.broadcast_to(base, (size, size, 3)) + rng.normal(0.0, 8.0, size=(size, size, 3))
     return np.clip(image, 0, 255)
 
 
@@ -678,13 +693,19 @@ def write_digits_waterbirds(
     val_per_group: int = 25,
     test_per_group: int = 50,
     size_range: tuple[int, int] = (28, 36),
+    background: str = "scene",
+    centre: bool = False,
 ) -> Path:
     """Write a Waterbirds-layout dataset from scikit-learn's real handwritten digits.
 
     Every image of ``sklearn.datasets.load_digits`` (1797 real 8x8 scans of handwritten digits) is
     used at most once. The label is ``y = 1`` for digits 5-9 and ``y = 0`` for 0-4 (the core
-    feature: the digit's strokes); the "place" is the drawn background (0: green-brown with tree
-    trunks, 1: blue with waves; the spurious feature). Val and test hold ``val_per_group`` and
+    feature: the digit's strokes); the "place" is the background, the spurious feature:
+    ``background="scene"`` draws land (green-brown with tree trunks) or water (blue with waves)
+    scenes whose texture crosses the strokes; ``"plain"`` only the land or water colour with
+    pixel noise, which leaves the strokes clean and the core feature easier to learn. The digit
+    covers 70-90% of the image's side at a random place, or with ``centre=True`` 90% in the middle
+    (aligned strokes: easier again). Val and test hold ``val_per_group`` and
     ``test_per_group`` images of every group; training takes the release's group counts scaled
     to the digits that remain, so the background agrees with the label in 95% of training images
     of each class, with the release's imbalance (e.g. 713 / 38 / 11 / 216 with the defaults).
@@ -696,16 +717,21 @@ def write_digits_waterbirds(
         val_per_group: Validation images per group.
         test_per_group: Test images per group.
         size_range: Inclusive range of the image widths and heights.
+        background: ``"scene"`` or ``"plain"`` (:data:`DIGITS_BACKGROUNDS`).
+        centre: Draw every digit at 90% of the image's side in its middle instead of a random size and place.
 
     Returns:
         The release folder.
 
     Raises:
-        ValueError: If val and test leave no digit of a class for training.
+        ValueError: If val and test leave no digit of a class for training, or for an unknown
+            ``background``.
     """
     from PIL import Image
     from sklearn.datasets import load_digits
 
+    if background not in DIGITS_BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(DIGITS_BACKGROUNDS)}, got {background!r}")
     digits = load_digits()
     rng = np.random.default_rng(seed)
     pools = {label: list(rng.permutation(np.flatnonzero((digits.target >= 5) == bool(label)))) for label in (0, 1)}
@@ -725,16 +751,22 @@ def write_digits_waterbirds(
         index = int(pools[label].pop())
         digit = int(digits.target[index])
         size = int(rng.integers(low, high + 1))
-        background = _background(place, size, size, rng)
-        side = int(round(size * rng.uniform(0.7, 0.9)))
+        if background == "scene":
+            scene = _background(place, size, size, rng)
+        else:
+            scene = _plain_background(place, size, rng)
+        side = int(round(size * (0.9 if centre else rng.uniform(0.7, 0.9))))
         stroke = Image.fromarray((digits.images[index] / 16.0 * 255).astype(np.uint8)).resize(
             (side, side), Image.Resampling.BILINEAR
         )
         alpha = np.zeros((size, size), dtype=np.float32)
-        top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        if centre:
+            top = left = (size - side) // 2
+        else:
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
         alpha[top : top + side, left : left + side] = np.asarray(stroke, dtype=np.float32) / 255.0
         ink = rng.uniform(215, 250, size=3)
-        pixels = background * (1 - alpha[..., None]) + ink * alpha[..., None]
+        pixels = scene * (1 - alpha[..., None]) + ink * alpha[..., None]
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
         folder = f"{digit:03d}.Digit_{digit}"
         items.append(
@@ -768,9 +800,14 @@ def _run_waterbirds(args: argparse.Namespace) -> int:
 
 def _run_digits(args: argparse.Namespace) -> int:
     path = write_digits_waterbirds(
-        args.out_dir, seed=args.seed, val_per_group=args.val_per_group, test_per_group=args.test_per_group
+        args.out_dir,
+        seed=args.seed,
+        val_per_group=args.val_per_group,
+        test_per_group=args.test_per_group,
+        background=args.background,
+        centre=args.centre,
     )
-    logger.info("Waterbirds-layout digits dataset (seed %d) in %s", args.seed, path)
+    logger.info("Waterbirds-layout digits dataset (seed %d, %s backgrounds) in %s", args.seed, args.background, path)
     return 0
 
 
@@ -789,6 +826,15 @@ def _add_waterbirds_parsers(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--val_per_group", type=int, default=25)
     parser.add_argument("--test_per_group", type=int, default=50)
+    parser.add_argument(
+        "--background",
+        choices=DIGITS_BACKGROUNDS,
+        default="scene",
+        help="scene: drawn land/water scenes (texture crosses the strokes); plain: land/water colour only",
+    )
+    parser.add_argument(
+        "--centre", action="store_true", help="every digit at 90%% of the image side in its middle (easier core feature)"
+    )
     parser.set_defaults(func=_run_digits)
 
 
