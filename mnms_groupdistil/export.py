@@ -352,7 +352,9 @@ def _fmt(value: Any) -> str:
     return f"{100 * value:.1f}" if isinstance(value, (int, float)) and value == value else "-"
 
 
-def _readme(spec: ExportSpec, settings, metrics, figures, run_name: str, version: str, checkpoint: str) -> str:
+def _readme(
+    spec: ExportSpec, settings, metrics, figures, run_name: str, version: str, checkpoint: str, amp: Any
+) -> str:
     groups = sorted(figures["per_group"])
     columns = sorted({k for v in figures["per_group"].values() for k in v})
     if groups:
@@ -365,6 +367,10 @@ def _readme(spec: ExportSpec, settings, metrics, figures, run_name: str, version
         results += table
     else:
         results = "The run's `metrics.json` holds no `test_*` figures, so none are reported here.\n"
+    if amp is False:
+        precision = "`--amp true` for automatic mixed precision on a GPU"
+    else:  # the source's default: on when CUDA is available
+        precision = "on a GPU it runs with automatic mixed precision"
     keys = ("mode", "network_name", "teacher_name", "split", "seed", "max_epochs", "batch_size", "learning_rate")
     trained = "\n".join(f"- {k}: `{settings.get(k)}`" for k in keys if k in settings)
     return f"""# {settings.get('network_name')} student exported from run `{run_name}` (version {version})
@@ -375,8 +381,8 @@ copied from `{PACKAGE}`.
 
     python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN --output_dir OUT
 
-(`IN`: a file or a folder; `--device cpu` to force the CPU; on a GPU it runs with automatic mixed
-precision). Check the network against the metadata, or re-export it:
+(`IN`: a file or a folder; `--device cpu` to force the CPU; {precision}). Check the network
+against the metadata, or re-export it:
 
     python -m monai.bundle verify_net_in_out network_def --meta_file configs/metadata.json \\
         --config_file configs/inference.json
@@ -557,7 +563,7 @@ def export_bundle(
             atol=1e-5,
             dynamo=False,
         )
-    readme = _readme(spec, settings, metrics, figures, run_dir.name, version, checkpoint)
+    readme = _readme(spec, settings, metrics, figures, run_dir.name, version, checkpoint, config.get("amp"))
     (bundle_dir / "docs" / "README.md").write_text(readme)
     logger.info("exported %s (%s, %d scripts) to %s", run_dir, name, len(modules), bundle_dir)
     return bundle_dir

@@ -91,6 +91,7 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     assert "mnms_groupdistil" not in metadata["required_packages_version"]
     readme = (bundle / "docs" / "README.md").read_text()
     assert "| A | 75.0 |" in readme and "test_worst_group_acc: 50.0" in readme and "90.0" not in readme
+    assert "on a GPU it runs with automatic mixed precision" in readme  # the source's amp: on with CUDA
 
     config_text = (bundle / "configs" / "inference.json").read_text()
     config = json.loads(config_text)

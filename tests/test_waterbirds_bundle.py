@@ -467,6 +467,7 @@ def test_exported_student_classifies_images_without_the_package(dataset, runs, t
         assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
     readme = (bundle / "docs" / "README.md").read_text()
     assert "predictions.csv" in readme and "37 x 37" in readme and "32 x 32" in readme
+    assert "`--amp true` for automatic mixed precision" in readme  # the source's amp is off
 
     release = dataset / "waterbird_complete95_forest2water2"
     images = tmp_path / "images"
