@@ -24,7 +24,7 @@ from mnms_groupdistil.data.mnms import (
     select_split,
     validation_count,
 )
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.data.synthetic import MNMS_PRESETS, write_mnms_cohort, write_mnms_cohort_from_counts
 from mnms_groupdistil.errors import InputError
 
 REAL_HEADER = ",External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight"
@@ -286,7 +286,16 @@ def test_check_subjects_accepts_what_scanners_write(tmp_path):
 
 @pytest.fixture(scope="module")
 def paper_dir(tmp_path_factory):
-    return write_mnms_cohort(tmp_path_factory.mktemp("paper"), preset="paper", seed=3)
+    """The "paper" preset's subject counts (enough to fill split1 and split2) in small volumes: the split
+    tests read the CSV and the image headers, not the pixels."""
+    return write_mnms_cohort_from_counts(
+        tmp_path_factory.mktemp("paper"),
+        counts=MNMS_PRESETS["paper"]["counts"],
+        size_range=(24, 28),
+        slice_range=(2, 3),
+        frame_range=(3, 4),
+        seed=3,
+    )
 
 
 @pytest.fixture(scope="module")
