@@ -5,7 +5,8 @@ splits, methods, the paper's figures), and pure functions over its results: one 
 (:func:`result_row`), mean and sample standard deviation over seeds (:func:`mean_std`), Markdown
 tables in the shape of the paper's (:func:`paper_table`, :func:`group_table`,
 :func:`step_size_table`), the paired GroupDistil - KD difference per seed
-(:func:`paired_difference_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_group_weights`,
+(:func:`paired_difference_table`), the stability study over grid cells (:func:`history_figures`,
+:func:`study_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_group_weights`,
 :func:`plot_step_sizes`). Figures in rows are fractions, as in ``metrics.json``; tables and plots
 show %.
 
@@ -43,8 +44,10 @@ __all__ = [
     "plot_group_accuracy",
     "plot_group_weights",
     "plot_step_sizes",
+    "history_figures",
     "result_row",
     "step_size_table",
+    "study_table",
     "step_sizes_of",
     "write_csv",
 ]
@@ -242,8 +245,10 @@ def result_row(
     seed: int,
     eta_w: float | None,
     run_dir: str | Path = "",
+    cell: str = "",
 ) -> dict[str, Any]:
-    """One ``results.csv`` row: a run's identity and the test figures of its ``metrics.json``.
+    """One ``results.csv`` row: a run's identity, the test figures of its ``metrics.json`` and the
+    last epochs' figures of its history (:func:`history_figures`).
 
     Figures are fractions; a figure the report lacks (or holds as null / NaN) is None.
 
@@ -253,6 +258,7 @@ def result_row(
         split, run, method, seed: the run (``run`` is its folder name, e.g. ``groupdistil_eta0.1``).
         eta_w: the group-weight step size it trained with; None for fixed weights.
         run_dir: its folder.
+        cell: the grid cell (its settings, e.g. ``batching=balanced``); empty outside a study.
     """
     metrics = report.get("metrics") or {}
 
@@ -260,15 +266,99 @@ def result_row(
         v = metrics.get(key)
         return float(v) if is_finite(v) else None
 
-    row: dict[str, Any] = {"dataset": spec.name, "split": split, "method": method, "run": run, "seed": seed}
+    row: dict[str, Any] = {"dataset": spec.name, "split": split, "cell": cell, "method": method, "run": run}
+    row["seed"] = seed
     row["eta_w"] = eta_w
     row.update({m.column: value(m.key) for m in (*ROW_METRICS, *spec.metrics)})
     row.update({f"acc_{group}": value(f"test_acc_{group}") for group in spec.groups})
+    row.update(history_figures(report))
     selection = report.get("selection") or {}
     row["selection"] = selection.get("rule")
     row["selected_epoch"] = selection.get("epoch")
     row["run_dir"] = str(run_dir)
     return row
+
+
+#: The worst-group figures of :func:`history_figures`: ``results.csv`` prefix -> ``metrics.json`` name.
+_HISTORY_FIGURES = {"val": "val_worst_group_acc", "test": WORST.key}
+
+
+def history_figures(report: Mapping[str, Any], last_epochs: int = 3) -> dict[str, float | None]:
+    """Worst-group accuracy of a run's last epoch and how much it swung over its last epochs.
+
+    For ``val`` (``val_worst_group_acc``) and ``test`` (``test_worst_group_acc``), from the report's
+    ``history`` (every evaluated epoch, whatever model the run reports):
+
+    - ``<prefix>_last_worst_group``: the figure at the last epoch;
+    - ``<prefix>_swing``: the mean absolute change of the figure between consecutive epochs among
+      the last ``last_epochs`` (two changes for three epochs); None with fewer than two epochs.
+
+    Returns:
+        Those four figures (fractions), None where the history lacks them.
+    """
+    history = sorted((e for e in report.get("history") or [] if isinstance(e.get("epoch"), int)), key=lambda e: e["epoch"])
+    figures: dict[str, float | None] = {}
+    for prefix, key in _HISTORY_FIGURES.items():
+        values = [e.get("metrics", {}).get(key) for e in history[-last_epochs:]]
+        last = values[-1] if values else None
+        figures[f"{prefix}_last_worst_group"] = float(last) if is_finite(last) else None
+        changes = [abs(float(b) - float(a)) for a, b in zip(values, values[1:]) if is_finite(a) and is_finite(b)]
+        figures[f"{prefix}_swing"] = sum(changes) / len(changes) if changes else None
+    return figures
+
+
+def study_table(
+    spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str, threshold: float = 0.55
+) -> list[str]:
+    """The stability study of one split: per grid cell and method, over seeds.
+
+    Columns per ``val`` and ``test``: last-epoch worst-group accuracy (mean ± std, %), the swing
+    (mean over seeds of :func:`history_figures`' swing, points) and how many runs ended with some
+    group at or below ``threshold``; then the paired ``spec.sweep`` - KD difference of the last
+    epoch's worst-group accuracy (mean ± std over the seeds, points) on the distillers' lines.
+    """
+    split_rows = [r for r in rows if r["split"] == split]
+    cells = list(dict.fromkeys(r.get("cell", "") for r in split_rows))
+    header = ["cell", "method"]
+    for prefix in _HISTORY_FIGURES:
+        header += [f"{prefix} worst-group", f"{prefix} swing", f"{prefix} runs <= {100 * threshold:.0f}%"]
+    header += [f"{spec.method(spec.sweep).label} - KD (val / test)"]
+    body = []
+    for cell in cells:
+        mine = [r for r in split_rows if r.get("cell", "") == cell]
+        for method in spec.methods:
+            runs = [r for r in mine if r["run"] == method.key]
+            if not runs:
+                continue
+            cells_ = [cell or "(configs)", method.label if not method.distils else f"{method.label} (student)"]
+            if method.key == spec.teacher:
+                cells_[1] = f"{method.label} {method.network}"
+            for prefix in _HISTORY_FIGURES:
+                last = [r.get(f"{prefix}_last_worst_group") for r in runs]
+                swing = mean_std(r.get(f"{prefix}_swing") for r in runs)[0]
+                low = [v for v in last if is_finite(v)]
+                cells_ += [
+                    format_mean_std(*mean_std(last)[:2]),
+                    "-" if swing is None else f"{100 * swing:.1f}",
+                    f"{sum(v <= threshold for v in low)} of {len(low)}" if low else "-",
+                ]
+            cells_.append(_paired_last(mine, spec) if method.key == spec.sweep else "")
+            body.append(cells_)
+    return _markdown(header, body)
+
+
+def _paired_last(rows: Sequence[Mapping[str, Any]], spec: DatasetSpec) -> str:
+    """``"+1.2 ± 3.4 / -0.5 ± 2.0"``: ``spec.sweep`` - KD of the last-epoch worst-group accuracy, val / test."""
+    parts = []
+    for baseline in _fixed_weight_distillers(spec):
+        for prefix in _HISTORY_FIGURES:
+            key = f"{prefix}_last_worst_group"
+            ours = {r["seed"]: r.get(key) for r in rows if r["run"] == spec.sweep}
+            theirs = {r["seed"]: r.get(key) for r in rows if r["run"] == baseline.key}
+            diffs = [float(ours[s]) - float(theirs[s]) for s in ours if is_finite(ours[s]) and is_finite(theirs.get(s))]
+            mean, std, _ = mean_std(diffs)
+            parts.append("-" if mean is None else f"{100 * mean:+.1f}" + ("" if std is None else f" ± {100 * std:.1f}"))
+    return " / ".join(parts)
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:

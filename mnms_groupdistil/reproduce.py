@@ -74,15 +74,19 @@ from mnms_groupdistil.paper import (
     plot_step_sizes,
     result_row,
     step_size_table,
+    study_table,
     write_csv,
 )
 
 __all__ = [
     "Run",
     "bundle_args",
+    "cell_folder",
+    "cell_name",
     "config_files",
     "load_metrics",
     "main",
+    "parse_grid",
     "parse_overrides",
     "plan_runs",
     "resolve_setting",
@@ -117,6 +121,8 @@ class Run:
         step_size: ``eta_w`` of a step-size run; None keeps the configs' own.
         run_dir: the run's ``output_dir``.
         teacher_dir: the ``output_dir`` of the teacher it distils from, or None.
+        cell: the grid cell's name (:func:`cell_name`), empty outside a study.
+        settings: the cell's bundle settings, ``((id, value), ...)``.
     """
 
     split: str
@@ -125,6 +131,8 @@ class Run:
     step_size: float | None
     run_dir: Path
     teacher_dir: Path | None = None
+    cell: str = ""
+    settings: tuple[tuple[str, Any], ...] = ()
 
     @property
     def key(self) -> str:
@@ -132,7 +140,46 @@ class Run:
 
     @property
     def name(self) -> str:
-        return f"{self.split} seed {self.seed} {self.key}"
+        cell = f" [{self.cell}]" if self.cell else ""
+        return f"{self.split}{cell} seed {self.seed} {self.key}"
+
+
+def cell_name(settings: Mapping[str, Any]) -> str:
+    """``"batching=balanced,lr_schedule=cosine"``: a grid cell as tables show it (empty for no settings)."""
+    return ",".join(f"{key}={value}" for key, value in settings.items())
+
+
+def cell_folder(settings: Mapping[str, Any]) -> str:
+    """``"batching-balanced_lr_schedule-cosine"``: a grid cell's folder name."""
+    return "_".join(f"{key}-{value}" for key, value in settings.items())
+
+
+def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
+    """``["batching=one_group,balanced", "lr_schedule=constant,cosine"]`` -> the cells of their product.
+
+    Each item is ``ID=VALUE,VALUE,...`` (values as in :func:`parse_overrides`); the cells are every
+    combination, the first axis varying slowest. No items give one cell without settings.
+
+    Raises:
+        ValueError: for an item without ``=``, an empty or repeated id, or no or repeated values.
+    """
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        values = [v for v in text.split(",") if v.strip()]
+        if not sep or not key or not values:
+            raise ValueError(f"--grid takes ID=VALUE,VALUE,... items (e.g. batching=mixed,balanced), got '{item}'.")
+        if key in axes:
+            raise ValueError(f"--grid names {key} twice; give all its values in one item.")
+        parsed = [parse_overrides([f"{key}={v.strip()}"])[key] for v in values]
+        if len({repr(v) for v in parsed}) != len(parsed):
+            raise ValueError(f"--grid {item}: a value is repeated.")
+        axes[key] = parsed
+    cells = [{}]
+    for key, values in axes.items():
+        cells = [{**cell, key: value} for cell in cells for value in values]
+    return cells
 
 
 def run_key(method: Method, step_size: float | None) -> str:
@@ -147,20 +194,26 @@ def plan_runs(
     splits: Sequence[str] | None = None,
     step_sizes: Sequence[float] = (),
     default_step_size: float | None = None,
+    cells: Sequence[Mapping[str, Any]] = ({},),
+    methods: Sequence[str] | None = None,
 ) -> list[Run]:
-    """The grid's runs in the order they can run: per split and seed, the teacher first.
+    """The grid's runs in the order they can run: per split, cell and seed, the teacher first.
 
     Args:
         spec: the dataset.
         seeds: training seeds (each gives one run per method).
-        output_dir: the grid's folder; runs go to ``<output_dir>/runs/<dataset>/<split>/seed<seed>/<run>``.
+        output_dir: the grid's folder; runs go to ``<output_dir>/runs/<dataset>/<split>/seed<seed>/<run>``,
+            or ``<output_dir>/runs/<dataset>/<split>/<cell folder>/seed<seed>/<run>`` in a study.
         splits: splits to run; default: the paper's (``spec.splits``).
         step_sizes: ``eta_w`` values for extra runs of ``spec.sweep``.
         default_step_size: the ``eta_w`` the configs give ``spec.sweep``; that step size reuses
             the method's own run instead of training it twice.
+        cells: the study's cells (:func:`parse_grid`): bundle settings that every run of the cell gets.
+        methods: keys of the methods to run (default all); the teacher is added when a distiller needs it.
 
     Raises:
-        ValueError: on an empty or repeated seed list, a repeated split or a negative step size.
+        ValueError: on an empty or repeated seed list, a repeated split, a negative step size or an
+            unknown method.
     """
     seeds = [int(s) for s in seeds]
     splits = list(spec.splits if splits is None else splits)
@@ -175,16 +228,27 @@ def plan_runs(
         )
     if any(not math.isfinite(float(s)) or float(s) < 0 for s in step_sizes):
         raise ValueError(f"group_step_sizes must be finite and >= 0, got {list(step_sizes)}.")
+    chosen = [spec.method(k) for k in (methods or [m.key for m in spec.methods])]
+    if any(m.distils for m in chosen) and spec.teacher not in {m.key for m in chosen}:
+        chosen.insert(0, spec.method(spec.teacher))
+    chosen = [m for m in spec.methods if m in chosen]
     sweep = spec.method(spec.sweep)
     extra = [s for s in dict.fromkeys(float(s) for s in step_sizes) if s != default_step_size]
+    if sweep not in chosen:
+        extra = []
     runs: list[Run] = []
     for split in splits:
-        for seed in seeds:
-            folder = Path(output_dir) / "runs" / spec.name / split / f"seed{seed}"
-            teacher_dir = folder / spec.teacher
-            for method, eta in [*((m, None) for m in spec.methods), *((sweep, eta) for eta in extra)]:
-                key = run_key(method, eta)
-                runs.append(Run(split, seed, method, eta, folder / key, teacher_dir if method.distils else None))
+        for cell in cells:
+            for seed in seeds:
+                folder = Path(output_dir) / "runs" / spec.name / split
+                folder = (folder / cell_folder(cell) if cell else folder) / f"seed{seed}"
+                teacher_dir = folder / spec.teacher
+                for method, eta in [*((m, None) for m in chosen), *((sweep, eta) for eta in extra)]:
+                    key = run_key(method, eta)
+                    teacher = teacher_dir if method.distils else None
+                    runs.append(
+                        Run(split, seed, method, eta, folder / key, teacher, cell_name(cell), tuple(cell.items()))
+                    )
     return runs
 
 
@@ -247,10 +311,11 @@ def bundle_args(
         ValueError: when ``overrides`` sets an id the grid controls, or a distilling run has no teacher.
     """
     overrides = dict(overrides or {})
-    taken = sorted(set(overrides) & {*GRID_IDS, *([spec.split_id] if spec.split_id else [])})
+    settings = dict(run.settings)
+    taken = sorted({*overrides, *settings} & {*GRID_IDS, *([spec.split_id] if spec.split_id else [])})
     if taken:
         raise ValueError(
-            f"--override sets {', '.join(taken)}, which the grid sets itself "
+            f"--override or --grid sets {', '.join(taken)}, which the grid sets itself "
             "(use --seeds, --splits, --split_seed, --output_dir instead)."
         )
     if run.method.distils and teacher_ckpt is None:
@@ -266,6 +331,7 @@ def bundle_args(
         args["split_seed"] = int(split_seed)
         args[spec.split_id] = run.split
     args.update(overrides)
+    args.update(settings)
     if run.step_size is not None:
         args["group_step_size"] = run.step_size
     if teacher_ckpt is not None:
@@ -465,7 +531,7 @@ def _train_one(
 
 def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | None) -> dict[str, Any]:
     identity = {"split": run.split, "run": run.key, "method": run.method.key, "seed": run.seed}
-    return result_row(spec, report, **identity, eta_w=eta_w, run_dir=run.run_dir)
+    return result_row(spec, report, **identity, eta_w=eta_w, run_dir=run.run_dir, cell=run.cell)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -475,10 +541,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-# ------------------------------------------------------------------------------ the results
-
-
-# ------------------------------------------------------------------------------------ CLI
+# ------------------------------------------------------------------------------------ output
 
 
 def write_outputs(
@@ -489,6 +552,9 @@ def write_outputs(
     settings: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``results.csv``, ``results.md`` and the plots; return them by name.
+
+    In a study (runs in several grid cells) ``results.md`` starts with the stability table of every
+    split (:func:`mnms_groupdistil.paper.study_table`), then holds the usual tables and plots once per cell.
 
     Args:
         spec: the dataset.
@@ -501,14 +567,59 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     splits = list(dict.fromkeys(run.split for run in runs))
     seeds = sorted({run.seed for run in runs})
+    cells = list(dict.fromkeys(run.cell for run in runs))
     written = {"results.csv": write_csv(rows, out / "results.csv")}
+    lines = [f"# {spec.title}", ""]
+    lines += [f"- {s}" for s in settings]
+    lines += [
+        f"- Training seeds: {', '.join(map(str, seeds))} ({len(seeds)}); the paper averaged {spec.paper_seeds}.",
+        "- Ours: mean ± sample standard deviation over the seeds, in %. "
+        "Paper: its reported mean (± std where given).",
+        "",
+    ]
+    if cells != [""]:
+        lines += [
+            "## Stability study: the last epoch of every run, per cell",
+            "",
+            "Worst-group accuracy of the last epoch (mean ± std over seeds, %); swing: the mean absolute change "
+            "of that figure between consecutive epochs among the last three (points, mean over seeds); runs <= 55%: "
+            "runs whose last epoch left some group at or below 55%. Choose settings on the val columns only.",
+            "",
+        ]
+        for split in splits:
+            lines += [f"### {split}", "", *study_table(spec, rows, split), ""]
+    plots: list[Path] = []
+    for cell in cells:
+        mine = [(run, row) for run, row in zip(runs, rows) if run.cell == cell]
+        cell_lines, cell_plots = _cell_sections(
+            spec, [run for run, _ in mine], [row for _, row in mine], out, cell_folder(dict(mine[0][0].settings))
+        )
+        if cell:
+            lines += [f"## Cell {cell}", ""]
+            cell_lines = [f"#{line}" if line.startswith("## ") else line for line in cell_lines]
+        lines += cell_lines
+        plots += cell_plots
+    if plots:
+        lines += ["## Plots", "", *(f"- `{p.name}`" for p in plots), ""]
+    written["results.md"] = out / "results.md"
+    written["results.md"].write_text("\n".join(lines), encoding="utf-8")
+    written.update({p.name: p for p in plots})
+    return written
+
+
+def _cell_sections(
+    spec: DatasetSpec, runs: Sequence[Run], rows: Sequence[Mapping[str, Any]], out: Path, suffix: str
+) -> tuple[list[str], list[Path]]:
+    """The tables (Markdown lines) and plots of the runs of one grid cell; ``suffix`` ends the plots' names."""
+    splits = list(dict.fromkeys(run.split for run in runs))
+    tag = f"_{suffix}" if suffix else ""
     plots: list[Path] = []
     for split in splits:
         mine = [run for run in runs if run.split == split]
-        accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}.png")
+        accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}{tag}.png")
         methods = {f"{m.label} {m.network}": [r.run_dir for r in mine if r.key == m.key] for m in spec.methods}
         weights = plot_group_weights(
-            methods, out / f"group_weights_{spec.name}_{split}.png", f"{spec.name} {split}: group weights",
+            methods, out / f"group_weights_{spec.name}_{split}{tag}.png", f"{spec.name} {split}: group weights",
             spec.group_label,
         )
         by_eta: dict[float, list[Path]] = {}
@@ -519,22 +630,13 @@ def write_outputs(
         if len(by_eta) > 1:
             sweep_weights = plot_group_weights(
                 {f"eta_w = {eta:g}": by_eta[eta] for eta in sorted(by_eta)},
-                out / f"group_weights_eta_{spec.name}_{split}.png",
+                out / f"group_weights_eta_{spec.name}_{split}{tag}.png",
                 f"{spec.name} {split}: {spec.method(spec.sweep).label} group weights per eta_w",
                 spec.group_label,
             )
-        steps = plot_step_sizes(spec, rows, split, out / f"step_sizes_{spec.name}_{split}.png")
+        steps = plot_step_sizes(spec, rows, split, out / f"step_sizes_{spec.name}_{split}{tag}.png")
         plots += [p for p in (accuracy, weights, sweep_weights, steps) if p is not None]
-    lines = [f"# {spec.title}", ""]
-    lines += [f"- {s}" for s in settings]
-    lines += [
-        f"- Training seeds: {', '.join(map(str, seeds))} ({len(seeds)}); the paper averaged {spec.paper_seeds}.",
-        "- Ours: mean ± sample standard deviation over the seeds, in %. "
-        "Paper: its reported mean (± std where given).",
-        "",
-        *paper_table(spec, rows, splits),
-        "",
-    ]
+    lines = [*paper_table(spec, rows, splits), ""]
     if spec.note:
         lines += [spec.note, ""]
     for split in splits:
@@ -549,23 +651,18 @@ def write_outputs(
         "",
     ]
     if any(run.step_size is not None for run in runs):
-        label = spec.method(spec.sweep).label
+        label = sweep.label
         lines += [
             f"## {label} against the group weight step size eta_w (test accuracy, %)",
             "",
             *step_size_table(spec, rows, splits),
             "",
             f"With eta_w = 0 the weights stay uniform and {label} trains on sum_d (1/G) mean_d: the same objective "
-            "as KD only on batches that hold every group equally often; with one-group batches (the default) "
-            "it is not KD.",
+            "as KD only on batches that hold every group equally often (batching balanced); on other batches it "
+            "is not KD.",
             "",
         ]
-    if plots:
-        lines += ["## Plots", "", *(f"- `{p.name}`" for p in plots), ""]
-    written["results.md"] = out / "results.md"
-    written["results.md"].write_text("\n".join(lines), encoding="utf-8")
-    written.update({p.name: p for p in plots})
-    return written
+    return lines, plots
 
 
 def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] = run_bundle) -> int:
@@ -594,6 +691,14 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
         default=1,
         help="runs trained at the same time, each its own process (with OMP_NUM_THREADS=1 on a small CPU)",
     )
+    parser.add_argument(
+        "--grid",
+        nargs="*",
+        default=[],
+        help="study axes, ID=VALUE,VALUE,... (e.g. batching=one_group,mixed,balanced lr_schedule=constant,cosine): "
+        "every combination is a cell of its own runs",
+    )
+    parser.add_argument("--methods", nargs="+", help="methods to run (default all; the teacher comes with distillers)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -615,14 +720,18 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
         sweep = spec.method(spec.sweep)
         sweep_args = {"config_file": config_files(spec, sweep, args.bundles_dir, args.config_file), **overrides}
         default_step = float(resolve_setting(sweep_args, "group_step_size"))
-        runs = plan_runs(spec, seeds, args.output_dir, args.splits, args.group_step_sizes, default_step)
+        cells = parse_grid(args.grid)
+        runs = plan_runs(
+            spec, seeds, args.output_dir, args.splits, args.group_step_sizes, default_step, cells, args.methods
+        )
     except ValueError as error:
         parser.error(str(error))
     logger.info(f"{len(runs)} runs of {spec.name} in {Path(args.output_dir) / 'runs' / spec.name}")
     if args.dry_run:
         for index, run in enumerate(runs, start=1):
             configs = config_files(spec, run.method, args.bundles_dir, args.config_file)
-            max_epochs = int(resolve_setting({"config_file": configs, **overrides}, "train#trainer#max_epochs"))
+            run_args = {"config_file": configs, **overrides, **dict(run.settings)}
+            max_epochs = int(resolve_setting(run_args, "train#trainer#max_epochs"))
             state = run_state(run.run_dir, max_epochs)
             logger.info(f"[{index}/{len(runs)}] {spec.name} {run.name}: {state}")
         return 0

@@ -78,7 +78,7 @@ def train(bundle, cohort: Path, teacher: Path, out: Path, configs: list[str], **
         "num_workers": 0,
         "device": "cpu",
         "network_name": "resnet18",
-        "group_batches": False,
+        "batching": "mixed",
         **overrides,
     }
     bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=str(teacher), **settings)
@@ -117,3 +117,12 @@ def test_eta_zero_is_not_kd_on_unbalanced_batches(bundle, cohort, teacher, tmp_p
     kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **unbalanced)
     eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **unbalanced)
     assert max_difference(kd, eta0) > 1e-3
+
+
+@pytest.mark.slow
+def test_eta_zero_trains_kd_on_balanced_batches(bundle, cohort, teacher, tmp_path):
+    # batches of 6 from the 3 vendors' frames: 2 of each vendor in every batch, for both runs
+    balanced = {"batch_size": 6, "max_epochs": 1, "batching": "balanced"}
+    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **balanced)
+    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **balanced)
+    assert max_difference(kd, eta0) < 1e-5

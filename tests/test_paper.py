@@ -16,6 +16,7 @@ from mnms_groupdistil.paper import (
     WATERBIRDS,
     format_mean_std,
     group_table,
+    history_figures,
     mean_std,
     paired_difference_table,
     paper_table,
@@ -23,6 +24,7 @@ from mnms_groupdistil.paper import (
     plot_step_sizes,
     result_row,
     step_size_table,
+    study_table,
     write_csv,
 )
 
@@ -206,3 +208,52 @@ def test_waterbirds_tables_by_hand():
     # worst: +10, -10 -> mean 0, std sqrt(200) = 14.1
     assert paired[3] == "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |"
     assert DATASETS["waterbirds"] is WATERBIRDS
+
+
+def test_history_figures_by_hand():
+    history = [
+        {"epoch": e, "metrics": {"val_worst_group_acc": v, "test_worst_group_acc": t}}
+        for e, v, t in [(1, 0.5, 0.5), (2, 0.9, 0.6), (3, 0.7, 0.8), (4, 0.8, None)]
+    ]
+    figures = history_figures({"history": list(reversed(history))})  # the order in the file does not matter
+    # last three epochs, val 0.9, 0.7, 0.8: changes 0.2 and 0.1 -> swing 0.15; last 0.8
+    assert figures["val_last_worst_group"] == pytest.approx(0.8)
+    assert figures["val_swing"] == pytest.approx(0.15)
+    # test 0.6, 0.8, missing: one change 0.2; no last figure
+    assert figures["test_last_worst_group"] is None
+    assert figures["test_swing"] == pytest.approx(0.2)
+    assert history_figures({"history": history[:1]})["val_swing"] is None
+
+
+def _study_row(cell, run, seed, val, test):
+    history = [
+        {"epoch": e, "metrics": {"val_worst_group_acc": v, "test_worst_group_acc": t}}
+        for e, (v, t) in enumerate(zip(val, test), start=1)
+    ]
+    return result_row(
+        MNMS, {"history": history, "metrics": {}}, split="demo", run=run, method=run, seed=seed, eta_w=None, cell=cell
+    )
+
+
+def test_study_table_by_hand():
+    rows = [
+        _study_row("batching=balanced", "teacher", 0, [0.6, 0.8, 0.9], [0.5, 0.7, 0.8]),
+        _study_row("batching=balanced", "teacher", 1, [0.9, 0.7, 0.7], [0.9, 0.5, 0.55]),
+        _study_row("batching=balanced", "kd", 0, [0.6], [0.7]),
+        _study_row("batching=balanced", "kd", 1, [0.6], [0.6]),
+        _study_row("batching=balanced", "groupdistil", 0, [0.7], [0.6]),
+        _study_row("batching=balanced", "groupdistil", 1, [0.9], [0.7]),
+        _study_row("batching=mixed", "teacher", 0, [0.5, 0.5], [0.4, 0.5]),
+    ]
+    lines = study_table(MNMS, rows, "demo")
+    cells = {line.split(" | ")[1]: line.strip("| ").split(" | ") for line in lines[2:]}
+    teacher = lines[2].strip("| ").split(" | ")
+    assert teacher[:2] == ["batching=balanced", "groupDRO ResNet-18 (teacher)"]
+    # val last 0.9 and 0.7: mean 0.8, std sqrt(0.02) = 0.1414; swing seed 0 (0.2 + 0.1) / 2 = 0.15,
+    # seed 1 (0.2 + 0) / 2 = 0.1 -> 0.125; no run at or below 55%
+    assert teacher[2:5] == ["80.0 ± 14.1", "12.5", "0 of 2"]
+    # test last 0.8 and 0.55 (at the threshold): mean 0.675, std 0.1768; swing (0.15 + 0.225) / 2 = 0.1875
+    assert teacher[5:8] == ["67.5 ± 17.7", "18.8", "1 of 2"]
+    # GroupDistil - KD per seed: val +0.1, +0.3 -> +20.0 ± 14.1; test -0.1, +0.1 -> +0.0 ± 14.1
+    assert cells["GroupDistil (student)"][-1] == "+20.0 ± 14.1 / +0.0 ± 14.1"
+    assert lines[-1].strip("| ").split(" | ")[:5] == ["batching=mixed", "groupDRO ResNet-18 (teacher)", "50.0", "0.0", "1 of 1"]

@@ -21,6 +21,7 @@ from mnms_groupdistil.reproduce import (
     RUN_ARGS,
     bundle_args,
     main,
+    parse_grid,
     parse_overrides,
     plan_runs,
     resolve_setting,
@@ -130,7 +131,7 @@ def test_bundle_args_of_a_step_size_run(tmp_path):
 
 def test_bundle_args_refuse_ids_the_grid_sets(tmp_path):
     run = plan_runs(MNMS, [0], tmp_path, ["split1"])[0]
-    with pytest.raises(ValueError, match="--override sets seed, split"):
+    with pytest.raises(ValueError, match="--override or --grid sets seed, split"):
         bundle_args(MNMS, run, "data", overrides={"seed": 3, "split": "split2"})
     distiller = plan_runs(MNMS, [0], tmp_path, ["split1"])[2]
     with pytest.raises(ValueError, match="distils from a teacher"):
@@ -210,6 +211,50 @@ def test_outputs_of_a_grid(tmp_path):
         assert len(list(csv.DictReader(f))) == len(runs) == 2 * 6
     assert {"group_accuracy_mnms_split1.png", "step_sizes_mnms_split1.png"} <= set(written)
     assert "group_weights_mnms_split1.png" not in written  # the stand-in wrote no TensorBoard files
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def test_grid_axes_give_every_combination():
+    cells = parse_grid(["batching=one_group,balanced", "lr_schedule=constant,cosine", "ema_epochs=0.5"])
+    assert cells == [
+        {"batching": "one_group", "lr_schedule": "constant", "ema_epochs": 0.5},
+        {"batching": "one_group", "lr_schedule": "cosine", "ema_epochs": 0.5},
+        {"batching": "balanced", "lr_schedule": "constant", "ema_epochs": 0.5},
+        {"batching": "balanced", "lr_schedule": "cosine", "ema_epochs": 0.5},
+    ]
+    assert parse_grid([]) == [{}]
+    for bad, message in (("batching", "ID=VALUE"), ("batching=", "ID=VALUE"), ("batching=mixed,mixed", "repeated")):
+        with pytest.raises(ValueError, match=message):
+            parse_grid([bad])
+    with pytest.raises(ValueError, match="twice"):
+        parse_grid(["seed=1", "seed=2"])
+
+
+def test_a_study_runs_each_cell_apart_and_reports_the_last_epochs(tmp_path):
+    cells = parse_grid(["batching=mixed,balanced"])
+    runs = plan_runs(MNMS, [0, 1], tmp_path / "out", ["demo"], cells=cells, methods=["kd"])
+    # the teacher comes with the distiller; one folder per cell
+    assert [(r.cell, r.seed, r.key) for r in runs[:4]] == [
+        ("batching=mixed", 0, "teacher"), ("batching=mixed", 0, "kd"), ("batching=mixed", 1, "teacher"),
+        ("batching=mixed", 1, "kd"),
+    ]  # fmt: skip
+    assert runs[-1].run_dir == tmp_path / "out" / "runs" / "mnms" / "demo" / "batching-balanced" / "seed1" / "kd"
+    assert runs[-1].teacher_dir == runs[-2].run_dir
+    runner = FakeRunner()
+    rows = run_grid(MNMS, runs, tmp_path / "data", overrides={"max_epochs": 2, "batching": "one_group"}, runner=runner)
+    recorded = [json.loads((r.run_dir / RUN_ARGS).read_text())["batching"] for r in runs]
+    assert recorded == ["mixed"] * 4 + ["balanced"] * 4  # the cell's setting beats an --override
+    assert [r["cell"] for r in rows] == [r.cell for r in runs]
+    assert rows[0]["test_last_worst_group"] == 0.5 and rows[0]["test_swing"] == 0.0
+    text = write_outputs(MNMS, runs, rows, tmp_path / "out")["results.md"].read_text(encoding="utf-8")
+    assert "## Stability study" in text and "## Cell batching=balanced" in text
+    assert "| batching=balanced | groupDRO ResNet-18 (teacher) | - | - | - | 55.0 ± 7.1 | 0.0 | 1 of 2 |" in text
+    with pytest.raises(ValueError, match="no method 'teachers'"):
+        plan_runs(MNMS, [0], tmp_path, ["demo"], methods=["teachers"])
+    with pytest.raises(ValueError, match="--override or --grid sets seed"):
+        bundle_args(MNMS, plan_runs(MNMS, [0], tmp_path, ["demo"], cells=[{"seed": 3}])[0], tmp_path)
 
 
 # ------------------------------------------------------------------------------ end to end

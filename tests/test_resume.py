@@ -10,6 +10,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
+from mnms_groupdistil import export
+
 TINY = {
     "split": "demo",
     "batch_size": 4,
@@ -19,11 +21,24 @@ TINY = {
     "device": "cpu",
     "network_name": "resnet18",
 }
-# one-group batches (GroupBatchSampler) with the random transforms in the loader, and shuffled batches
-# (RandomSampler) with the random rotation and flips on the training device
+# one-group batches (GroupBatchSampler) with the random transforms in the loader and precise BatchNorm;
+# shuffled batches (RandomSampler) with the random rotation and flips on the training device; balanced
+# batches with a warmed-up cosine schedule and weight averaging (its BatchNorm recomputed)
 RUNS = {
-    "groupdro": (["train.json", "train_groupdro.json"], {}),
+    "groupdro": (["train.json", "train_groupdro.json"], {"precise_bn": True, "precise_bn_batches": 2}),
     "erm": (["train.json", "train_erm.json"], {"augment_on_device": True}),
+    "averaged": (
+        ["train.json", "train_groupdro.json"],
+        {
+            "batching": "balanced",
+            "lr_schedule": "cosine",
+            "warmup_epochs": 0.5,
+            "weight_averaging": "ema",
+            "ema_epochs": 0.5,
+            "precise_bn_batches": 2,
+            "augment_on_device": True,
+        },
+    ),
 }
 
 
@@ -57,7 +72,8 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     after_one = _final(stopped)
     epoch_length = after_one["trainer"]["epoch_length"]
     assert after_one["trainer"]["iteration"] == epoch_length
-    updates_per_iteration = 1 if mode == "groupdro" else 0  # robust weights move every step; ERM's never
+    robust = mode != "erm"
+    updates_per_iteration = 1 if robust else 0  # robust weights move every step; ERM's never
     assert int(after_one["group_weights"]["num_updates"]) == updates_per_iteration * epoch_length
     first_report = json.loads((stopped / "metrics.json").read_text())
 
@@ -77,9 +93,25 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     # the group weights continued (a restart would have counted only the resumed epochs' updates)
     assert int(b["group_weights"]["num_updates"]) == updates_per_iteration * 3 * epoch_length
     moved = not torch.equal(after_one["group_weights"]["log_weights"], b["group_weights"]["log_weights"])
-    assert moved == (mode == "groupdro")  # the resumed epochs updated the robust weights; ERM keeps them fixed
-    for key in ("network", "optimizer", "group_weights"):
+    assert moved == robust  # the resumed epochs updated the robust weights; ERM keeps them fixed
+    for key in ("network", "optimizer", "group_weights", "averaging"):
         _assert_same(a[key], b[key], key)
+    model = torch.load(stopped / "model_final.pt", map_location="cpu", weights_only=True)
+    if mode == "averaged":
+        # the averaged network (its BatchNorm recomputed) is what is saved as the run's model, not the trained one
+        averaged = {k[len("module."):]: v for k, v in b["averaging"]["averaged"].items() if k.startswith("module.")}
+        _assert_same(model, averaged, "model_final")
+        assert not torch.equal(model["fc.weight"], b["network"]["fc.weight"])
+        assert int(b["averaging"]["averaged"]["n_averaged"]) == 3 * epoch_length
+        # and it is what an exported bundle holds
+        export.export_bundle(stopped, tmp_path / "exported")
+        exported = torch.load(tmp_path / "exported" / "models" / "model.pt", map_location="cpu", weights_only=True)
+        _assert_same(exported, export.to_monai_state_dict("resnet18", averaged), "exported")
+    else:
+        _assert_same(model, b["network"], "model_final")
+    # BatchNorm statistics recomputed over the last epoch's 2 balanced batches, or tracked over every step
+    tracked = 2 if settings.get("precise_bn") or settings.get("weight_averaging") == "ema" else 3 * epoch_length
+    assert int(model["bn1.num_batches_tracked"]) == tracked
 
     report = json.loads((stopped / "metrics.json").read_text())
     # the history of the first run survives the resume; the last epoch is reported

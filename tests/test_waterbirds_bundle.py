@@ -289,7 +289,7 @@ def test_evaluate_reports_test_figures_of_a_checkpoint(dataset, runs):
 def test_other_modes_train(dataset, runs, tmp_path, mode):
     files = {"erm": [TRAIN, ERM], "kd": [TRAIN, KD], "groupdro": [TRAIN, GROUPDRO]}[mode]
     # groupDRO on mixed batches (online groupDRO); KD with the speed options (bfloat16 autocast on the CPU)
-    extra = {"groupdro": {"group_batches": False}, "kd": {"amp": True, "channels_last": True}}.get(mode, {})
+    extra = {"groupdro": {"batching": "mixed"}, "kd": {"amp": True, "channels_last": True}}.get(mode, {})
     workflow = run_workflow(
         files,
         dataset_dir=str(dataset / "waterbird_complete95_forest2water2"),

@@ -1,8 +1,11 @@
-"""Batch samplers for group-robust training.
+"""Batch samplers for group-robust training: the three batch compositions of :data:`BATCHINGS`.
 
-:class:`GroupBatchSampler` gives Algorithm 1 of GroupDistil: every batch holds samples of one
-group only, the group drawn uniformly at random each step. Mixed batches (online groupDRO, ERM,
-KD) use an ordinary shuffled sampler instead.
+- ``one_group``: :class:`GroupBatchSampler`, Algorithm 1 of GroupDistil: every batch holds samples
+  of one group only, the group drawn uniformly at random each step.
+- ``mixed``: an ordinary shuffled sampler (``RandomSampler``, ``DistributedSampler``): batches in
+  the data's proportions, the online groupDRO of Sagawa et al.
+- ``balanced``: :class:`BalancedBatchSampler`: every batch holds each group in equal shares, what
+  the reference groupDRO code trains with (``--reweight_groups``) and WILDS' ``uniform_over_groups``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,50 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ["GroupBatchSampler"]
+from mnms_groupdistil.errors import InputError
+
+__all__ = ["BATCHINGS", "BalancedBatchSampler", "GroupBatchSampler", "check_batching", "group_shares"]
+
+#: The batch compositions a bundle's ``batching`` setting can take.
+BATCHINGS = ("one_group", "mixed", "balanced")
+
+
+def check_batching(batching: str) -> str:
+    """``batching`` itself when it is one of :data:`BATCHINGS`; the one place the setting is checked.
+
+    Raises:
+        InputError: (a ``ValueError``) for any other value, listing the valid ones.
+    """
+    if not isinstance(batching, str) or batching not in BATCHINGS:
+        raise InputError(
+            f"batching={batching!r} is not a batch composition; valid: {', '.join(BATCHINGS)} "
+            "(one_group: Algorithm 1, one group per batch; mixed: shuffled, the data's proportions; "
+            "balanced: every group in equal shares in every batch)"
+        )
+    return batching
+
+
+def _draw_seed(seed: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+def _distributed_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)``: the given ones, else the distributed world's, else ``(1, 0)``."""
+    distributed = dist.is_available() and dist.is_initialized()
+    replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+    rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+    if not 0 <= rank < replicas:
+        raise ValueError(f"rank must be in [0, {replicas}), got {rank}.")
+    return replicas, rank
+
+
+def _check_sampler_args(groups: Sequence[int], batch_size: int) -> np.ndarray:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    groups = np.asarray([int(g) for g in groups])
+    if groups.size == 0:
+        raise ValueError("groups is empty: the dataset has no samples.")
+    return groups
 
 
 class GroupBatchSampler(Sampler[list[int]]):
@@ -58,16 +104,8 @@ class GroupBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        groups = np.asarray([int(g) for g in groups])
-        if groups.size == 0:
-            raise ValueError("groups is empty: the dataset has no samples.")
-        distributed = dist.is_available() and dist.is_initialized()
-        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-        if not 0 <= self.rank < self.num_replicas:
-            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}.")
+        groups = _check_sampler_args(groups, batch_size)
+        self.num_replicas, self.rank = _distributed_replicas(num_replicas, rank)
         self.group_ids = sorted(set(groups.tolist()))
         self.members = {g: np.flatnonzero(groups == g) for g in self.group_ids}
         self.batch_size = int(batch_size)
@@ -83,7 +121,7 @@ class GroupBatchSampler(Sampler[list[int]]):
         return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = _draw_seed(self.seed, self.epoch)
         orders = {g: rng.permutation(m) for g, m in self.members.items()}
         cursors = dict.fromkeys(self.group_ids, 0)
         for _ in range(self.num_batches):
@@ -100,3 +138,112 @@ class GroupBatchSampler(Sampler[list[int]]):
                 yield [int(orders[group][(start + i) % size]) for i in range(per_rank)]
             else:
                 yield orders[group][start : start + per_rank].tolist()
+
+
+def group_shares(batch_size: int, num_groups: int, step: int) -> list[int]:
+    """Samples of each group in a balanced batch of ``batch_size``: ``batch_size // G`` each, and the
+    ``batch_size % G`` left-over places to groups in turn (step ``s`` gives them to the groups
+    ``s * r, ..., s * r + r - 1`` modulo G), so that over steps every group gets the same share.
+
+    Example: ``group_shares(32, 3, 0) == [11, 11, 10]``, ``group_shares(32, 3, 1) == [11, 10, 11]``.
+    """
+    base, extra = divmod(int(batch_size), int(num_groups))
+    shares = [base] * num_groups
+    for j in range(extra):
+        shares[(step * extra + j) % num_groups] += 1
+    return shares
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Mixed batches holding every group in equal shares (as near as the batch size allows).
+
+    Each step's batch of ``batch_size * num_replicas`` samples (all ranks together) holds
+    :func:`group_shares` samples of every group. Each group's samples are walked in a shuffled
+    order, reshuffled whenever they are used up, so over an epoch a small group's samples are seen
+    many times and a large group's about once per pass; a sample appears twice in one batch only
+    when its group's walk wraps around within that batch (a group about as small as its share). Every group is present at every step: with groupDRO's weights every
+    group's weight is updated every step, and BatchNorm sees every group in every batch. This is
+    the composition of the reference groupDRO code (``--reweight_groups``: weights ``N / n_g``)
+    without its randomness in the group counts.
+
+    Under ``torch.distributed`` (or with ``num_replicas``/``rank`` given) every rank draws the same
+    global batch from ``(seed, epoch)`` and takes its own ``batch_size`` consecutive samples of the
+    global batch laid out group by group in turn, so each rank's part is itself as balanced as its
+    size allows and the ranks together hold the balanced global batch. Call :meth:`set_epoch` each
+    epoch (the bundles' :class:`mnms_groupdistil.handlers.EpochSeeds` does).
+
+    Args:
+        groups: group id of every dataset index.
+        batch_size: samples per batch on each rank; all ranks together need at least one sample per group.
+        num_batches: batches per epoch; default ``ceil(len(groups) / (batch_size * num_replicas))``.
+        seed: base seed; epoch ``e`` draws from ``(seed, e)`` only (exact resume).
+        num_replicas: number of ranks (default: the distributed world size, else 1).
+        rank: this rank (default: the distributed rank, else 0).
+
+    Raises:
+        ValueError: on an empty ``groups``, a bad rank, or a global batch smaller than the number of groups.
+
+    Example::
+
+        sampler = BalancedBatchSampler([0] * 90 + [1] * 9 + [2], batch_size=6, seed=0)
+        next(iter(sampler))  # two indices of each group
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        groups = _check_sampler_args(groups, batch_size)
+        self.num_replicas, self.rank = _distributed_replicas(num_replicas, rank)
+        self.group_ids = sorted(set(groups.tolist()))
+        self.members = {g: np.flatnonzero(groups == g) for g in self.group_ids}
+        self.batch_size = int(batch_size)
+        self.global_batch = self.batch_size * self.num_replicas
+        if self.global_batch < len(self.group_ids):
+            raise ValueError(
+                f"balanced batches of {self.global_batch} samples (batch_size {self.batch_size} x "
+                f"{self.num_replicas} ranks) cannot hold all {len(self.group_ids)} groups: raise batch_size."
+            )
+        self.num_batches = int(num_batches or math.ceil(groups.size / self.global_batch))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the draws of ``epoch`` for the following iterations (until the next call)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = _draw_seed(self.seed, self.epoch)
+        orders = {g: rng.permutation(m) for g, m in self.members.items()}
+        cursors = dict.fromkeys(self.group_ids, 0)
+
+        def take(group: int, count: int) -> list[int]:
+            taken: list[int] = []
+            while len(taken) < count:
+                if cursors[group] == len(orders[group]):
+                    orders[group] = rng.permutation(self.members[group])
+                    cursors[group] = 0
+                end = min(len(orders[group]), cursors[group] + count - len(taken))
+                taken += orders[group][cursors[group] : end].tolist()
+                cursors[group] = end
+            return taken
+
+        for step in range(self.num_batches):
+            shares = group_shares(self.global_batch, len(self.group_ids), step)
+            parts = [take(g, n) for g, n in zip(self.group_ids, shares)]
+            # group by group in turn, starting with the first group given a left-over place this step
+            # (g1, g2, g0, g1, ...): any run of consecutive places is balanced, and over the steps every
+            # rank gets every group's left-over places equally often
+            first = (step * (self.global_batch % len(parts))) % len(parts)
+            parts = parts[first:] + parts[:first]
+            layout = [part[i] for i in range(max(shares)) for part in parts if i < len(part)]
+            start = self.rank * self.batch_size
+            yield [int(i) for i in layout[start : start + self.batch_size]]

@@ -11,13 +11,18 @@ bundle configs name them).
   :class:`BestModelSaver` (its record resumes), :func:`attach_resume`.
 - :mod:`.guard`: :class:`RunGuard` stops a run on SIGTERM/SIGINT or a non-finite loss after saving.
 - :mod:`.seeding`: :class:`EpochSeeds` makes each epoch's draws depend on (seed, rank, epoch) only.
+- :mod:`.averaging`: :class:`WeightAveraging` (an EMA of the weights: the evaluated model) and
+  :class:`PreciseBatchNorm` (BatchNorm statistics recomputed over balanced training batches).
+- :mod:`.schedule`: :class:`LearningRateSchedule` (constant or cosine, optional warm-up).
 - :mod:`.reports`: :class:`AttachMetrics` and :class:`MetricsReport` (``metrics.json``, summary table).
 """
 
+from mnms_groupdistil.handlers.averaging import PreciseBatchNorm, WeightAveraging
 from mnms_groupdistil.handlers.checkpoints import AtomicCheckpointSaver, BestModelSaver, attach_resume, latest_checkpoint
 from mnms_groupdistil.handlers.guard import NonFiniteLossError, RunGuard, RunInterrupted
 from mnms_groupdistil.handlers.loss import GroupWeightedLossHandler, group_from_batch, loss_from_output
 from mnms_groupdistil.handlers.reports import AttachMetrics, MetricsReport
+from mnms_groupdistil.handlers.schedule import LearningRateSchedule
 from mnms_groupdistil.handlers.seeding import EpochSeeds
 from mnms_groupdistil.handlers.tensorboard import GroupScalarWriter
 
@@ -28,10 +33,13 @@ __all__ = [
     "EpochSeeds",
     "GroupScalarWriter",
     "GroupWeightedLossHandler",
+    "LearningRateSchedule",
     "MetricsReport",
     "NonFiniteLossError",
+    "PreciseBatchNorm",
     "RunGuard",
     "RunInterrupted",
+    "WeightAveraging",
     "attach_resume",
     "group_from_batch",
     "latest_checkpoint",
