@@ -59,8 +59,9 @@ def _merged_config(config_files: str | Sequence[str]) -> dict[str, Any]:
 
 
 def unknown_setting_problems(known: Iterable[str], overrides: Iterable[str]) -> list[str]:
-    """One problem line per id of ``overrides`` that is not in ``known``, with the closest known ids (those
-    as deep as the id first: ``max_epoch`` suggests ``max_epochs``, not ``train#trainer#max_epochs``).
+    """One problem line per id of ``overrides`` that is not in ``known``, with the closest known ids: the
+    closest names under the same parent (``max_epoch`` suggests ``max_epochs``, not ``train#trainer#max_epochs``),
+    else the closest ids as deep.
 
     Args:
         known: the ids a config defines (:func:`config_ids`).
@@ -72,10 +73,12 @@ def unknown_setting_problems(known: Iterable[str], overrides: Iterable[str]) -> 
         name = str(key).lstrip("+")
         if name in known:
             continue
-        same_depth = [k for k in known if k.count(ID_SEP) == name.count(ID_SEP)]
-        close = difflib.get_close_matches(name, same_depth, n=3, cutoff=0.6) or difflib.get_close_matches(
-            name, known, n=3, cutoff=0.6
-        )
+        parent, _, leaf = name.rpartition(ID_SEP)
+        siblings = {k.rpartition(ID_SEP)[2]: k for k in known if k.rpartition(ID_SEP)[0] == parent}
+        close = [siblings[c] for c in difflib.get_close_matches(leaf, sorted(siblings), n=3, cutoff=0.6)]
+        if not close:
+            same_depth = [k for k in known if k.count(ID_SEP) == name.count(ID_SEP)]
+            close = difflib.get_close_matches(name, same_depth, n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else "."
         problems.append(f"`{name}` is not a setting of this bundle{hint}")
     return problems

@@ -7,37 +7,12 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 
 from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.run_lock import LOCK_NAME, OutputDirBusyError, RunLock
-
-HOLD = (
-    "import sys; from mnms_groupdistil.run_lock import RunLock; "
-    "RunLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()"
-)
-
-
-@pytest.fixture()
-def holder(tmp_path):
-    """Another process holding the lock of ``tmp_path / "run"`` until it is ended; yields it."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(tmp_path / "run")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
-    assert proc.stdout.readline().strip() == "held"
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
 
 
 def test_the_lock_records_its_holder_and_is_released(tmp_path):
@@ -59,23 +34,23 @@ def test_a_run_that_wrote_nothing_leaves_no_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_second_run_into_a_held_folder_is_refused_with_the_holder(tmp_path, holder):
+def test_a_second_run_into_a_held_folder_is_refused_with_the_holder(tmp_path, lock_holder):
     with pytest.raises(OutputDirBusyError) as info:
         RunLock(tmp_path / "run").acquire()
     message = str(info.value)
     assert isinstance(info.value, InputError)
-    assert f"pid {holder.pid} on host {socket.gethostname()}" in message
+    assert f"pid {lock_holder.pid} on host {socket.gethostname()}" in message
     assert "is in use by another run" in message and "--output_dir" in message
-    assert (tmp_path / "run" / LOCK_NAME).is_file()  # the holder's lock is untouched
+    assert (tmp_path / "run" / LOCK_NAME).is_file()  # the lock_holder's lock is untouched
 
 
-def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, holder, caplog):
-    holder.send_signal(signal.SIGKILL)  # no clean-up: the lock file stays behind
-    holder.wait()
-    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == holder.pid
+def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path, lock_holder, caplog):
+    lock_holder.send_signal(signal.SIGKILL)  # no clean-up: the lock file stays behind
+    lock_holder.wait()
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == lock_holder.pid
     with caplog.at_level(logging.WARNING, logger="mnms_groupdistil.run_lock"):
         lock = RunLock(tmp_path / "run").acquire()
-    assert f"taking over the lock of pid {holder.pid}" in caplog.text
+    assert f"taking over the lock of pid {lock_holder.pid}" in caplog.text
     assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
 
