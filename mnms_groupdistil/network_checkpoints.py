@@ -66,19 +66,19 @@ def _torch_load(path: PathLike, setting: str) -> Any:
         raise CheckpointNotFoundError(f"{setting} {path_str!r} does not exist: {hint}.")
     try:
         return torch.load(path_str, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        why = next((line for line in lines if line.startswith("Trying to load")), lines[0] if lines else "")
-        raise CheckpointError(
-            f"{setting} {path_str!r} is refused: it holds Python objects other than tensors, and loading them "
-            f"could run code ({why}). Load it only if you trust its source, and save the weights alone: "
-            "torch.save(model.state_dict(), path)."
-        ) from err
-    except (RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        blocked = next((line for line in lines if "GLOBAL" in line), None)  # the unpickler met a class or function
+        if blocked is not None:
+            raise CheckpointError(
+                f"{setting} {path_str!r} is refused: it holds Python objects other than tensors, and loading them "
+                f"could run code ({blocked}). Load it only if you trust its source, and save the weights alone: "
+                "torch.save(model.state_dict(), path)."
+            ) from err
+        reason = next((line for line in reversed(lines) if not line.startswith("Check the documentation")), "")
         raise CheckpointError(
             f"{setting} {path_str!r} could not be read as a torch weights file with weights_only=True "
-            f"({type(err).__name__}: {first_line}). Save it with torch.save(model.state_dict(), path)."
+            f"({type(err).__name__}: {reason}). Save it with torch.save(model.state_dict(), path)."
         ) from err
 
 

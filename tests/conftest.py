@@ -125,6 +125,21 @@ def last_lines(text: str, n: int) -> list[str]:
     return [line for line in text.splitlines() if line.strip()][-n:]
 
 
+#: The line before the message of an error the user fixes (``mnms_groupdistil.errors.report_errors``).
+REPORTED = "The run cannot go on:"
+
+
+def refused(proc: subprocess.CompletedProcess, lines: int) -> list[str]:
+    """The last ``lines`` lines of a command that ended on a reported error, checked: exit status 1, no
+    traceback, and :data:`REPORTED` just before them."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "Failed to evaluate" not in output, output[-3000:]
+    last = last_lines(proc.stderr, lines + 1)
+    assert last[0] == REPORTED, last
+    return last[1:]
+
+
 @pytest.fixture(scope="session")
 def bundle() -> BundleRunner:
     """Runner for ``bundles/mnms_groupdistil``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import monai.bundle
@@ -10,12 +11,20 @@ import pytest
 from conftest import REPO
 
 from mnms_groupdistil.benchmark import benchmark_bundle
-from mnms_groupdistil.errors import InputError, UnknownSettingError
+from mnms_groupdistil.errors import InputError, UnknownSettingError, find_reported_error
 from mnms_groupdistil.overrides import check_command_line, check_overrides, command_line_overrides, config_ids
 from mnms_groupdistil.reproduce import main as reproduce_main
 
 MNMS = REPO / "bundles" / "mnms_groupdistil" / "configs"
 MAIN = str(Path(monai.bundle.__file__).parent / "__main__.py")
+CONFIGS = [
+    ("mnms", "training", ["train.json"]),
+    ("mnms", "evaluating", ["train.json", "evaluate.json"]),
+    ("mnms", "inference", ["inference.json"]),
+    ("waterbirds", "training", ["train.json"]),
+    ("waterbirds", "evaluating", ["train.json", "evaluate.json"]),
+    ("waterbirds", "inference", ["inference.json"]),
+]
 
 
 def test_config_ids_are_top_level_ids_and_paths():
@@ -81,3 +90,20 @@ def test_benchmark_refuses_an_unknown_override(tmp_path):
     with pytest.raises(UnknownSettingError, match="`augment_on_devic` .*did you mean `augment_on_device`"):
         benchmark_bundle("mnms", "cpu", 32, 4, settings={"augment_on_devic": True}, work_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []  # refused before generating its cohort
+
+
+@pytest.mark.parametrize("name, run_id, configs", CONFIGS, ids=[f"{c[0]}-{c[1]}" for c in CONFIGS])
+def test_every_config_checks_its_command_line_first(
+    bundle, waterbirds_bundle, tmp_path, monkeypatch, name, run_id, configs
+):
+    """Each config's first steps refuse the command line's typo (the exported inference: ``test_export.py``)."""
+    runner = bundle if name == "mnms" else waterbirds_bundle
+    paths = runner.paths(configs)
+    monkeypatch.setattr(sys, "argv", [MAIN, "run", run_id, "--config_file", repr(paths), "--devcie", "cpu"])
+    workflow = runner.make(configs, workflow_type=None, run_id=run_id, output_dir=str(tmp_path / "o"), devcie="cpu")
+    with pytest.raises(Exception) as info:
+        workflow.initialize()
+    found = find_reported_error(info.value)
+    assert isinstance(found, UnknownSettingError), repr(info.value)
+    assert found.problems[0] == "`devcie` is not a setting of this bundle; did you mean `device`?"
+    assert not (tmp_path / "o").exists()
