@@ -145,7 +145,8 @@ def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
 def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(tmp_path):
     _fake_run(tmp_path / "run")
     bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle")
-    assert (bundle / "scripts" / "overrides.py").read_bytes() == (REPO / "mnms_groupdistil" / "overrides.py").read_bytes()
+    copied = (bundle / "scripts" / "overrides.py").read_bytes()
+    assert copied == (REPO / "mnms_groupdistil" / "overrides.py").read_bytes()
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
     command += ["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--devcie", "cpu"]
     lines = refused(_run(command, bundle, _without_package(tmp_path)), 3)
