@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer
 
+from mnms_groupdistil.errors import SettingError
+
 __all__ = [
     "AMP_DTYPES",
     "AutocastInferer",
@@ -49,14 +51,16 @@ def autocast_dtype(amp: bool, device: str | torch.device, amp_dtype: str | torch
 
     Raises:
         TypeError: ``amp`` is not a bool.
-        ValueError: ``amp_dtype`` is not one of :data:`AMP_DTYPES`.
+        SettingError: ``amp_dtype`` is not one of :data:`AMP_DTYPES` (a ``ValueError``).
     """
     if not isinstance(amp, bool):
         raise TypeError(f"amp must be True or False, got {amp!r} ({type(amp).__name__}).")
     if isinstance(amp_dtype, torch.dtype):
         amp_dtype = str(amp_dtype).replace("torch.", "")
     if amp_dtype is not None and amp_dtype not in AMP_DTYPES:
-        raise ValueError(f"amp_dtype={amp_dtype!r} is not one of {sorted(AMP_DTYPES)} or None (chosen for the device).")
+        raise SettingError(
+            f"amp_dtype={amp_dtype!r} is not one of {sorted(AMP_DTYPES)} or None (chosen for the device)."
+        )
     if not amp:
         return None
     if amp_dtype is not None:
@@ -121,10 +125,10 @@ def every(interval: int) -> Callable[[Any, int], bool]:
     fewer iterations per epoch than ``interval`` still logs its loss and group weights once per epoch.
 
     Raises:
-        ValueError: ``interval`` < 1.
+        SettingError: ``interval`` < 1 (a ``ValueError``).
     """
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(f"log interval must be an integer >= 1, got {interval!r}.")
+        raise SettingError(f"log interval must be an integer >= 1, got {interval!r}.")
 
     def event_filter(engine: Any, event: int) -> bool:
         epoch_length = getattr(getattr(engine, "state", None), "epoch_length", None)

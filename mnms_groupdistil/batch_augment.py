@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from monai.engines.utils import PrepareBatch, default_prepare_batch
 
+from mnms_groupdistil.errors import SettingError
+
 __all__ = ["RandRotateFlipBatch", "AugmentOnDevice", "rotate_flip_theta"]
 
 
@@ -67,15 +69,15 @@ class RandRotateFlipBatch:
         flip_prob: probability of a flip along each spatial axis, in [0, 1].
 
     Raises:
-        ValueError: a range or probability out of bounds.
+        SettingError: a range or probability out of bounds (a ``ValueError``).
     """
 
     def __init__(self, rotate_range: float = 0.26, rotate_prob: float = 0.5, flip_prob: float = 0.5) -> None:
         if not (isinstance(rotate_range, (int, float)) and 0.0 <= float(rotate_range) <= math.pi):
-            raise ValueError(f"rotate_range must be in [0, pi] radians, got {rotate_range!r}.")
+            raise SettingError(f"rotate_range must be in [0, pi] radians, got {rotate_range!r}.")
         for name, p in (("rotate_prob", rotate_prob), ("flip_prob", flip_prob)):
             if not (isinstance(p, (int, float)) and 0.0 <= float(p) <= 1.0):
-                raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}.")
+                raise SettingError(f"{name} must be a probability in [0, 1], got {p!r}.")
         self.rotate_range = float(rotate_range)
         self.rotate_prob = float(rotate_prob)
         self.flip_prob = float(flip_prob)

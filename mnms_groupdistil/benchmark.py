@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from mnms_groupdistil.acceleration import autocast_dtype, grad_scaler_needed
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights, distillation_loss
 from mnms_groupdistil.networks import build_network
+from mnms_groupdistil.overrides import check_overrides
 from mnms_groupdistil.reproduce import parse_overrides
 from mnms_groupdistil.tables import text_table
 
@@ -302,7 +303,8 @@ def benchmark_bundle(
     ``{"augment_on_device": True}``); they are recorded in the result.
 
     Raises:
-        ValueError: an unknown bundle, or one whose configs are not in ``bundles_dir``.
+        ValueError: an unknown bundle, or one whose configs are not in ``bundles_dir``; a ``settings`` id
+            that the bundle does not define (:class:`~mnms_groupdistil.errors.UnknownSettingError`).
     """
     if bundle not in BUNDLES:
         raise ValueError(f"bundle={bundle!r} is not one of {sorted(BUNDLES)}.")
@@ -313,6 +315,7 @@ def benchmark_bundle(
             f"bundle={bundle!r}: {configs / 'train.json'} does not exist; this checkout has no "
             f"{spec.folder} bundle yet. Benchmark one of the bundles present."
         )
+    check_overrides(str(configs / "train.json"), settings or {}, where="--override")
     device = torch.device(device)
     from monai.bundle import ConfigParser
 

@@ -7,6 +7,8 @@ import logging
 import torch
 import torch.distributed as dist
 
+from mnms_groupdistil.errors import SettingError
+
 __all__ = ["cleanup", "setup"]
 
 
@@ -16,7 +18,7 @@ def setup(device: torch.device | str) -> int:
     Selects ``device`` as the current CUDA device first. Safe to call when the group already exists.
 
     Raises:
-        RuntimeError: when not started by ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment).
+        SettingError: when not started by ``torchrun`` (no ``RANK``/``WORLD_SIZE`` in the environment).
     """
     device = torch.device(device)
     if not dist.is_initialized():
@@ -25,7 +27,7 @@ def setup(device: torch.device | str) -> int:
         try:
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         except ValueError as error:
-            raise RuntimeError(
+            raise SettingError(
                 "multi_gpu_train.json needs the environment torchrun provides: start it with "
                 "`torchrun --nproc_per_node=N -m monai.bundle run training --config_file ...`"
             ) from error

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["InputError", "ReportedError", "find_reported_error", "report_errors"]
+__all__ = ["InputError", "ReportedError", "SettingError", "UnknownSettingError", "find_reported_error", "report_errors"]
 
 
 class ReportedError(Exception):
@@ -40,6 +40,14 @@ class InputError(ReportedError, ValueError):
         self.problems: list[str] = [problems] if isinstance(problems, str) else list(problems)
         self.header = header
         super().__init__("\n".join(([header] if header else []) + self.problems))
+
+
+class SettingError(InputError):
+    """A setting's value, or a combination of settings, that cannot work (named with what to do)."""
+
+
+class UnknownSettingError(SettingError):
+    """An override names an id that the bundle's configs do not define (a typo would otherwise be ignored)."""
 
 
 def find_reported_error(error: BaseException | None) -> ReportedError | None:

@@ -20,7 +20,9 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-__all__ = ["CheckpointNotFoundError", "frozen", "load_network"]
+from .errors import InputError
+
+__all__ = ["CheckpointError", "CheckpointNotFoundError", "frozen", "load_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +34,21 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_KEYS_SHOWN = 5
 
 
-class CheckpointNotFoundError(FileNotFoundError, ValueError):
-    """A weights / checkpoint file does not exist.
+class CheckpointError(InputError):
+    """A weights / checkpoint file that cannot be used: unreadable, refused (it holds more than tensors, so
+    loading it could run code), or not matching the network. The message names the file and the setting."""
 
-    Subclasses both :class:`FileNotFoundError` and :class:`ValueError` so that
-    callers may catch either.
-    """
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A weights / checkpoint file does not exist (a :class:`CheckpointError` and a :class:`FileNotFoundError`)."""
+
+
+#: What to do when the file a setting names does not exist, per setting (default: pass another file).
+_MISSING_HINTS = {
+    "teacher_ckpt": "train the teacher first with configs/train_teacher.json or pass --teacher_ckpt "
+    "<path to the teacher's model.pt>",
+    "pretrained_path": "pass a local torchvision ImageNet state-dict file (weights are never downloaded) or null",
+}
 
 
 def _first(keys: Any) -> str:
@@ -47,18 +58,27 @@ def _first(keys: Any) -> str:
     return f"[{shown}{more}]"
 
 
-def _torch_load(path: PathLike, arg: str, missing_hint: str) -> Any:
+def _torch_load(path: PathLike, setting: str) -> Any:
     """``torch.load(weights_only=True)`` on CPU with readable errors."""
     path_str = os.fspath(path)
     if not os.path.isfile(path_str):
-        raise CheckpointNotFoundError(f"{arg} {path_str!r} does not exist{missing_hint}")
+        hint = _MISSING_HINTS.get(setting, f"pass --{setting} <path of a trained model file>")
+        raise CheckpointNotFoundError(f"{setting} {path_str!r} does not exist: {hint}.")
     try:
         return torch.load(path_str, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, AttributeError, TypeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{arg} {path_str!r} could not be read as a torch weights file with weights_only=True "
-            f"({type(err).__name__}: {first_line}). Save it with torch.save(model.state_dict(), path)."
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)  # the unpickler met a class or function
+        if blocked is not None:
+            raise CheckpointError(
+                f"{setting} {path_str!r} is refused: it holds Python objects other than tensors, and loading them "
+                f"could run code ({blocked}). Load it only if you trust its source, and save the weights alone: "
+                "torch.save(model.state_dict(), path)."
+            ) from err
+        reason = next((line for line in reversed(lines) if not line.startswith("Check the documentation")), "")
+        raise CheckpointError(
+            f"{setting} {path_str!r} could not be read as a torch weights file with weights_only=True "
+            f"({type(err).__name__}: {reason}). Save it with torch.save(model.state_dict(), path)."
         ) from err
 
 
@@ -118,6 +138,7 @@ def load_network(
     checkpoint_path: PathLike,
     key: str | None = None,
     device: str | torch.device | None = None,
+    setting: str = "teacher_ckpt",
 ) -> nn.Module:
     """Load trained weights into ``network`` and return it frozen (teacher).
 
@@ -139,18 +160,20 @@ def load_network(
         key: entry of a checkpoint dict holding the state dict, or ``None`` to
             auto-detect as described above.
         device: where to move the network (``None`` keeps it where it is).
+        setting: the config id that names the file, for the messages (e.g. ``ckpt_path``).
 
     Returns:
         ``network`` with the loaded weights, on ``device``, in eval mode, with
         ``requires_grad`` disabled on all parameters (see :func:`frozen`).
 
     Raises:
-        CheckpointNotFoundError: the file does not exist (message says to train
-            the teacher first or pass ``--teacher_ckpt``); subclass of both
-            ``FileNotFoundError`` and ``ValueError``.
-        ValueError: unreadable file, ``key`` not in the checkpoint, no state dict
-            found, or keys / shapes not matching ``network`` (the message names
-            the file and the first mismatched keys).
+        CheckpointNotFoundError: the file does not exist (for ``teacher_ckpt`` the
+            message says to train the teacher first or pass ``--teacher_ckpt``).
+        CheckpointError: unreadable file, a file holding more than tensors (refused
+            unrun), ``key`` not in the checkpoint, no state dict found, or keys /
+            shapes not matching ``network`` (the message names the setting, the file
+            and the first mismatched keys). Both are :class:`~mnms_groupdistil.errors.InputError`
+            (``ValueError``): a bundle run ends on their message.
 
     Example:
         >>> teacher = load_network(
@@ -160,17 +183,12 @@ def load_network(
         ... )  # doctest: +SKIP
     """
     path_str = os.fspath(checkpoint_path)
-    obj = _torch_load(
-        path_str,
-        "teacher_ckpt (checkpoint_path)",
-        ": train the teacher first with configs/train_teacher.json or pass --teacher_ckpt "
-        "<path to the teacher's model.pt>.",
-    )
+    obj = _torch_load(path_str, setting)
 
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
-            raise ValueError(
-                f"checkpoint_path {path_str!r} has no entry key={key!r} (file holds {_describe(obj)}); "
+            raise CheckpointError(
+                f"{setting} {path_str!r} has no entry key={key!r} (file holds {_describe(obj)}); "
                 f"pass key=None for auto-detection or one of its keys."
             )
         state = obj[key]
@@ -183,8 +201,8 @@ def load_network(
         state, where = obj, "plain state dict"
 
     if not _is_state_dict(state):
-        raise ValueError(
-            f"checkpoint_path {path_str!r}: {where} is not a state dict (got {_describe(state)}); "
+        raise CheckpointError(
+            f"{setting} {path_str!r}: {where} is not a state dict (got {_describe(state)}); "
             f"pass key=<entry holding the network weights>."
         )
     state = _strip_prefixes(state)
@@ -193,8 +211,8 @@ def load_network(
     missing = set(target) - set(state)
     unexpected = set(state) - set(target)
     if missing or unexpected:
-        raise ValueError(
-            f"checkpoint_path {path_str!r} ({where}) does not match the network "
+        raise CheckpointError(
+            f"{setting} {path_str!r} ({where}) does not match the network "
             f"({type(network).__name__}): {len(missing)} missing keys {_first(missing)}, "
             f"{len(unexpected)} unexpected keys {_first(unexpected)}. Build the network with the same "
             f"name / num_classes / in_channels as at training time."
@@ -205,8 +223,8 @@ def load_network(
         if v.shape != target[k].shape
     ]
     if bad:
-        raise ValueError(
-            f"checkpoint_path {path_str!r} ({where}) has tensors whose shapes do not match the network: "
+        raise CheckpointError(
+            f"{setting} {path_str!r} ({where}) has tensors whose shapes do not match the network: "
             + "; ".join(bad[:_MAX_KEYS_SHOWN])
             + (f" ... (+{len(bad) - _MAX_KEYS_SHOWN} more)" if len(bad) > _MAX_KEYS_SHOWN else "")
             + ". Check num_classes / in_channels."

@@ -31,8 +31,10 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from mnms_groupdistil.errors import SettingError
 from mnms_groupdistil.network_checkpoints import (
     _MAX_KEYS_SHOWN,
+    CheckpointError,
     CheckpointNotFoundError,
     _describe,
     _first,
@@ -82,7 +84,7 @@ def _set_submodule(module: nn.Module, dotted: str, new: nn.Module) -> None:
 
 def _check_positive_int(value: Any, arg: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{arg} must be a positive int, got {value!r}.")
+        raise SettingError(f"{arg} must be a positive int, got {value!r}.")
     return int(value)
 
 
@@ -138,12 +140,14 @@ def build_network(
         to logits ``(B, num_classes)``.
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the choices), invalid
-            ``num_classes`` / ``in_channels``, ``pretrained_path`` unreadable or
-            not a state dict matching ``name`` (the message names the file and
-            the first missing / unexpected / mis-shaped keys).
-        CheckpointNotFoundError: ``pretrained_path`` does not exist (a subclass
-            of both ``FileNotFoundError`` and ``ValueError``).
+        SettingError: unknown ``name`` (the message lists the choices), invalid
+            ``num_classes`` / ``in_channels``.
+        CheckpointError: ``pretrained_path`` unreadable or not a state dict
+            matching ``name`` (the message names the file and the first missing /
+            unexpected / mis-shaped keys).
+        CheckpointNotFoundError: ``pretrained_path`` does not exist (also a
+            ``FileNotFoundError``). All three are ``ValueError`` subclasses whose
+            message ends a bundle run (:mod:`mnms_groupdistil.errors`).
 
     Example:
         >>> import torch
@@ -152,7 +156,7 @@ def build_network(
         torch.Size([2, 2])
     """
     if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
-        raise ValueError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
+        raise SettingError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
     key = name.strip().lower()
     num_classes = _check_positive_int(num_classes, "num_classes")
     in_channels = _check_positive_int(in_channels, "in_channels")
@@ -215,10 +219,10 @@ def find_imagenet_weights(
 
     Raises:
         CheckpointNotFoundError: ``pretrained_path`` is given but does not exist.
-        ValueError: ``name`` is not one of :data:`SUPPORTED_NETWORKS`.
+        SettingError: ``name`` is not one of :data:`SUPPORTED_NETWORKS`.
     """
     if not isinstance(name, str) or name.strip().lower() not in _REGISTRY:
-        raise ValueError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
+        raise SettingError(f"Unknown network name={name!r}; choose one of {list(SUPPORTED_NETWORKS)}.")
     key = name.strip().lower()
     if pretrained_path:
         path_str = os.fspath(pretrained_path)
@@ -255,18 +259,14 @@ def _load_pretrained(
     pretrained_path: PathLike,
 ) -> None:
     path_str = os.fspath(pretrained_path)
-    obj = _torch_load(
-        path_str,
-        "pretrained_path",
-        ": pass a local torchvision ImageNet state-dict file (weights are never downloaded) or None.",
-    )
+    obj = _torch_load(path_str, "pretrained_path")
     if not _is_state_dict(obj) and isinstance(obj, Mapping):
         for wrapper in ("state_dict", "model", "network"):
             if _is_state_dict(obj.get(wrapper)):
                 obj = obj[wrapper]
                 break
     if not _is_state_dict(obj):
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained_path {path_str!r} is not a state dict (got {_describe(obj)}); expected the "
             f"output of torch.save(torchvision.models.{name}().state_dict(), path)."
         )
@@ -281,7 +281,7 @@ def _load_pretrained(
     missing = {k for k in expected - provided if not k.endswith(_OPTIONAL_SUFFIX)}
     unexpected = provided - expected
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained_path {path_str!r} does not match a torchvision {name} state dict: "
             f"{len(missing)} missing keys {_first(missing)}, {len(unexpected)} unexpected keys "
             f"{_first(unexpected)}."
@@ -307,7 +307,7 @@ def _load_pretrained(
             continue
         to_load[k] = value.to(dtype=target[k].dtype)
     if bad_shapes:
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained_path {path_str!r} has tensors whose shapes do not match {name}: "
             + "; ".join(bad_shapes[:_MAX_KEYS_SHOWN])
             + (f" ... (+{len(bad_shapes) - _MAX_KEYS_SHOWN} more)" if len(bad_shapes) > _MAX_KEYS_SHOWN else "")
@@ -315,6 +315,6 @@ def _load_pretrained(
     result = network.load_state_dict(to_load, strict=False)
     not_loaded = [k for k in result.missing_keys if not k.startswith(head_prefix) and not k.endswith(_OPTIONAL_SUFFIX)]
     if not_loaded or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise ValueError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
+        raise CheckpointError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
     skipped = sorted(k for k in src if k.startswith(head_prefix))
     logger.info("Loaded %d pretrained tensors from %s (skipped head %s).", len(to_load), path_str, skipped)

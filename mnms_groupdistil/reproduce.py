@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnms_groupdistil.overrides import check_overrides
 from mnms_groupdistil.paper import (
     DATASETS,
     MEAN,
@@ -719,6 +720,7 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
         seeds = args.seeds if args.seeds is not None else list(range(spec.paper_seeds))
         sweep = spec.method(spec.sweep)
         sweep_args = {"config_file": config_files(spec, sweep, args.bundles_dir, args.config_file), **overrides}
+        check_overrides(sweep_args["config_file"], overrides, where="--override")
         default_step = float(resolve_setting(sweep_args, "group_step_size"))
         cells = parse_grid(args.grid)
         runs = plan_runs(

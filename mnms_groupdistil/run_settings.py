@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .errors import SettingError
+
 __all__ = ["RUN_CONFIG_NAME", "check_run_settings", "package_versions", "read_run_settings", "write_run_settings"]
 
 logger = logging.getLogger(__name__)
@@ -110,7 +112,7 @@ def read_run_settings(run_dir: str | Path | None) -> dict[str, Any]:
         The recorded settings, or ``{}`` (with a warning) when ``run_dir`` holds no record.
 
     Raises:
-        ValueError: the record exists but is not valid JSON or has no ``settings`` mapping.
+        SettingError: the record exists but is not valid JSON or has no ``settings`` mapping (a ``ValueError``).
     """
     if run_dir is None or str(run_dir) == "":
         return {}
@@ -125,10 +127,10 @@ def read_run_settings(run_dir: str | Path | None) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"run record {path} is unreadable ({type(e).__name__}: {e}); train again or fix it.") from e
+        raise SettingError(f"run record {path} is unreadable ({type(e).__name__}: {e}); train again or fix it.") from e
     settings = record.get("settings") if isinstance(record, Mapping) else None
     if not isinstance(settings, Mapping):
-        raise ValueError(f"run record {path} has no 'settings' mapping; it was not written by write_run_settings.")
+        raise SettingError(f"run record {path} has no 'settings' mapping; it was not written by write_run_settings.")
     return dict(settings)
 
 
@@ -143,12 +145,12 @@ def check_run_settings(recorded: Mapping[str, Any], used: Mapping[str, Any], run
         run_dir: quoted in the error message.
 
     Raises:
-        ValueError: one or more settings differ; the message lists each with both values.
+        SettingError: one or more settings differ; the message lists each with both values (a ``ValueError``).
     """
     differ = [k for k in used if k in recorded and _plain(recorded[k]) != _plain(used[k])]
     if differ:
         lines = "\n".join(f"  {k}: the run trained with {recorded[k]!r}, now {used[k]!r}" for k in differ)
-        raise ValueError(
+        raise SettingError(
             f"settings disagree with the run that trained the model ({Path(run_dir or '.') / RUN_CONFIG_NAME}):\n"
             f"{lines}\nThe network only works on input prepared as in its training: drop these overrides "
             "(inference reads them from the run), or pass --run_dir of the run that trained --ckpt_path."

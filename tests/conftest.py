@@ -1,4 +1,5 @@
-"""Fixtures shared by the test modules: one torch thread, a generated cohort, a bundle runner.
+"""Fixtures shared by the test modules: one torch thread, a generated cohort, bundle runners, a process holding
+a run folder's lock.
 
 End-to-end runs of whole bundles carry ``@pytest.mark.slow`` (registered here); they still run by
 default (``pytest -m "not slow"`` leaves them out while iterating).
@@ -108,11 +109,63 @@ class BundleRunner:
             command += [f"--{key}", str(value)]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
         return subprocess.run(
-            command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout
+            command,
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
         )
+
+
+def last_lines(text: str, n: int) -> list[str]:
+    """The last ``n`` non-blank lines of ``text`` (what a user reads last of a command's output)."""
+    return [line for line in text.splitlines() if line.strip()][-n:]
+
+
+#: The line before the message of an error the user fixes (``mnms_groupdistil.errors.report_errors``).
+REPORTED = "The run cannot go on:"
+
+
+def refused(proc: subprocess.CompletedProcess, lines: int) -> list[str]:
+    """The last ``lines`` lines of a command that ended on a reported error, checked: exit status 1, no
+    traceback, and :data:`REPORTED` just before them."""
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "Failed to evaluate" not in output, output[-3000:]
+    last = last_lines(proc.stderr, lines + 1)
+    assert last[0] == REPORTED, last
+    return last[1:]
 
 
 @pytest.fixture(scope="session")
 def bundle() -> BundleRunner:
     """Runner for ``bundles/mnms_groupdistil``."""
     return BundleRunner(REPO / "bundles" / "mnms_groupdistil")
+
+
+@pytest.fixture(scope="session")
+def waterbirds_bundle() -> BundleRunner:
+    """Runner for ``bundles/waterbirds_groupdistil``."""
+    return BundleRunner(REPO / "bundles" / "waterbirds_groupdistil")
+
+
+_HOLD_LOCK = (
+    "import sys; from mnms_groupdistil.run_lock import RunLock; "
+    "RunLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()"
+)
+
+
+@pytest.fixture()
+def lock_holder(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """Another process holding the lock of the run folder ``tmp_path / "run"`` until it ends; yields it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "run")]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import refused
 from monai.bundle import ConfigWorkflow, verify_net_in_out
 from test_foreign_cohort import _write_cohort
 
@@ -139,6 +140,17 @@ def _without_package(tmp_path: Path) -> dict[str, str]:
 
 def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, errors="replace", timeout=300)
+
+
+def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(tmp_path):
+    _fake_run(tmp_path / "run")
+    bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle")
+    copied = (bundle / "scripts" / "overrides.py").read_bytes()
+    assert copied == (REPO / "mnms_groupdistil" / "overrides.py").read_bytes()
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--devcie", "cpu"]
+    lines = refused(_run(command, bundle, _without_package(tmp_path)), 3)
+    assert lines[1] == "`devcie` is not a setting of this bundle; did you mean `device`?"
 
 
 def export_with_the_cli(run: Path, bundle: Path) -> dict:

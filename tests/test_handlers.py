@@ -11,7 +11,14 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.utils.data import DataLoader
 
 from mnms_groupdistil.data.samplers import GroupBatchSampler
-from mnms_groupdistil.handlers import EpochSeeds, GroupScalarWriter, GroupWeightedLossHandler, MetricsReport
+from mnms_groupdistil.handlers import (
+    AtomicCheckpointSaver,
+    EpochSeeds,
+    GroupScalarWriter,
+    GroupWeightedLossHandler,
+    MetricsReport,
+    attach_resume,
+)
 from mnms_groupdistil.losses import CrossEntropyLoss, DistillationLoss, GroupWeightedLoss, GroupWeights, mode_flags
 
 
@@ -155,6 +162,28 @@ def test_checkpoint_round_trip_resumes_weights_and_epoch(tmp_path):
     resumed.run()
     assert torch.equal(epochs_run[0][1], saved)  # restored before the first resumed iteration
     assert epochs_run[1:] == [3]  # only the missing epoch runs
+
+
+def test_checkpoints_are_named_once_and_a_run_saved_under_the_old_name_resumes(tmp_path):
+    """The bundles' saver writes ``checkpoint_epoch=N.pt``; a run saved as ``checkpoint_checkpoint_epoch=N.pt``
+    (the name before) resumes from that file, which goes once the resumed run has saved its own."""
+
+    def run(epochs):
+        net, weights = _net(0), GroupWeights(3, step_size=0.05)
+        trainer, _, _ = _trainer("groupdro", _toy_data(8), epochs=epochs, group_weights=weights, network=net)
+        state = {"network": net, "optimizer": trainer.optimizer, "group_weights": weights, "trainer": trainer}
+        AtomicCheckpointSaver(str(tmp_path), state, save_interval=1, epoch_level=True, n_saved=1).attach(trainer)
+        resumed = attach_resume(trainer, tmp_path, state)
+        epochs_run = []
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+        trainer.run()
+        return resumed, epochs_run
+
+    assert run(1) == (None, [1])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=1.pt"]
+    (tmp_path / "checkpoint_epoch=1.pt").rename(tmp_path / "checkpoint_checkpoint_epoch=1.pt")
+    assert run(2) == (str(tmp_path / "checkpoint_checkpoint_epoch=1.pt"), [2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=2.pt"]
 
 
 def test_tensorboard_writer():

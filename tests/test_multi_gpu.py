@@ -1,15 +1,18 @@
 """multi_gpu_train.json under torchrun with two CPU processes (gloo): the ranks agree on the group
 weights, and the gathered validation metrics equal a single-process evaluation of the same model;
-multi_gpu_evaluate.json evaluates on two processes with the same result."""
+multi_gpu_evaluate.json evaluates on two processes with the same result; SIGTERM to one rank stops both."""
 
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from monai.bundle import ConfigWorkflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
@@ -25,8 +28,8 @@ SETTINGS = {
 TINY = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
 
 
-def _torchrun(configs, out, data, *extra, run_id="training"):
-    command = [
+def _torchrun_command(configs, out, data, *extra, run_id="training"):
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -45,8 +48,14 @@ def _torchrun(configs, out, data, *extra, run_id="training"):
         *TINY,
         *extra,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(command, capture_output=True, text=True, errors="replace", env=env, timeout=240)
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _torchrun(configs, out, data, *extra, run_id="training"):
+    command = _torchrun_command(configs, out, data, *extra, run_id=run_id)
+    result = subprocess.run(command, capture_output=True, text=True, errors="replace", env=ENV, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -121,3 +130,37 @@ def test_two_process_training(cohort, teacher_run, tmp_path, mode):
         )
         two = json.loads((tmp_path / "two" / "evaluation.json").read_text())
         assert two["metrics"] == pytest.approx(single["metrics"])
+
+
+def _rank_process(parent: int, rank: int) -> int:
+    """The pid of the child of ``parent`` (the torchrun agent) that runs ``rank``."""
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no rank {rank} process under {parent}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_after_one_save(cohort, tmp_path):
+    out = tmp_path / "run"
+    command = _torchrun_command(["train.json", "train_teacher.json", "multi_gpu_train.json"], out, cohort)
+    command[command.index("--max_epochs") + 1] = "500"
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=ENV
+    )
+    deadline = time.time() + 180
+    while not list(out.glob("checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    os.kill(_rank_process(proc.pid, 1), signal.SIGTERM)  # rank 1 only; rank 0 holds the lock and saves
+    log = proc.communicate(timeout=120)[0]
+    stops = re.findall(r"stopped by SIGTERM( \(sent to another rank\))? after iteration (\d+)", log)
+    assert stops and set(stops) == {("", stops[0][1]), (" (sent to another rank)", stops[0][1])}, log[-3000:]
+    saved = torch.load(out / "checkpoint_final.pt", weights_only=True)
+    assert saved["trainer"]["iteration"] == int(stops[0][1])  # both ranks stopped after the same iteration
+    assert not (out / "run.lock").exists()  # rank 0 released the lock on its way out

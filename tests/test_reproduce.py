@@ -30,6 +30,7 @@ from mnms_groupdistil.reproduce import (
     run_state,
     write_outputs,
 )
+from mnms_groupdistil.run_lock import RunLock
 
 
 def finished_report(epochs: int, worst: float, rule: str = "last_epoch") -> dict:
@@ -331,6 +332,21 @@ def test_run_bundle_trains_in_a_new_process(tmp_path, cohort):
         assert run_bundle(run.run_dir / RUN_ARGS, run.run_dir / "bundle.log") == 0
     assert run_state(run.run_dir, 1) == "done"
     assert "--args_file" in (run.run_dir / "bundle.log").read_text(encoding="utf-8", errors="replace").splitlines()[0]
+
+
+@pytest.mark.slow
+def test_a_grid_run_into_a_busy_folder_stops_on_the_lock(tmp_path, cohort, monkeypatch):
+    """A run folder in use by another process (a second grid on the same --output_dir) is not trained twice."""
+    run = plan_runs(MNMS, [0], tmp_path / "grid", ["demo"])[0]
+    overrides = parse_overrides(TINY_GRID[TINY_GRID.index("--override") + 1 :])
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    lock = RunLock(run.run_dir).acquire()
+    try:
+        with pytest.raises(RuntimeError, match=rf"(?s)failed \(exit status 1\).*output_dir {run.run_dir} is in use"):
+            run_grid(MNMS, [run], cohort, overrides=overrides)
+    finally:
+        lock.release()
+    assert not (run.run_dir / "metrics.json").exists()
 
 
 # ------------------------------------------------------------------------------ Waterbirds

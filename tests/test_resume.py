@@ -121,6 +121,6 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     assert report["metrics"] == report["history"][2]["metrics"]
     # the checkpoints of the first run were removed once the resumed run had saved a newer one
     assert sorted(p.name for p in stopped.glob("checkpoint*.pt")) == [
-        "checkpoint_checkpoint_epoch=3.pt",
+        "checkpoint_epoch=3.pt",
         "checkpoint_final.pt",
     ]

@@ -190,7 +190,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(bundle, cohort, tmp_path):
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace"
     )
     deadline = time.time() + 180
-    while not list(out.glob("checkpoint_checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
+    while not list(out.glob("checkpoint_epoch=*.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, proc.communicate()
     proc.send_signal(signal.SIGTERM)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from monai.transforms import apply_transform
 
-from ..errors import InputError
+from ..errors import InputError, SettingError
 
 __all__ = [
     "EVALUATION_FRAMES",
@@ -101,7 +101,7 @@ def _check_count(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}={value!r} must be an integer.")
     if value < 1:
-        raise ValueError(f"{name}={value} must be >= 1.")
+        raise SettingError(f"{name}={value} must be >= 1.")
     return int(value)
 
 
@@ -130,7 +130,7 @@ def fixed_random_frames(
     """
     frames_per_patient = _check_count(frames_per_patient, "frames_per_patient")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ValueError(f"seed={seed!r} must be a non-negative integer.")
+        raise SettingError(f"seed={seed!r} must be a non-negative integer.")
     out: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         base = _base_entry(rec, i)
@@ -193,7 +193,7 @@ def all_frames(records: Sequence[Mapping], frame_stride: int = 1) -> list[dict[s
         TypeError, ValueError: a record lacks a field, or ``frame_stride`` < 1.
     """
     if isinstance(frame_stride, bool) or not isinstance(frame_stride, numbers.Integral) or frame_stride < 1:
-        raise ValueError(f"frame_stride={frame_stride!r} must be an integer >= 1.")
+        raise SettingError(f"frame_stride={frame_stride!r} must be an integer >= 1.")
     out: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
         base = _base_entry(rec, i, require_group=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -131,7 +132,7 @@ def _parse_flag(text: str, allowed: Sequence[int]) -> int | None:
         value = float(text)
     except ValueError:
         return None
-    if value != int(value) or int(value) not in allowed:
+    if not math.isfinite(value) or value != int(value) or int(value) not in allowed:
         return None
     return int(value)
 
@@ -206,7 +207,7 @@ def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
             continue
         records.append(
             {
-                "img_id": int(img_id) if img_id.isdigit() else (img_id or None),
+                "img_id": int(img_id) if img_id.isdecimal() else (img_id or None),
                 "img_filename": filename,
                 "image": str(path.parent / filename),
                 "label": label,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
@@ -49,7 +50,8 @@ class RunGuard:
       SIGTERM; no traceback). Running the same command again resumes from that checkpoint. A second
       signal gets the handler that was installed before (Ctrl-C twice stops at once). Signal
       handlers are installed while the engine runs, from the main thread only. Under
-      ``torch.distributed`` every rank must receive the signal (``torchrun`` forwards SIGTERM).
+      ``torch.distributed`` a signal to any rank stops them all after the same iteration (they agree
+      through an all-reduce every ``check_interval`` iterations); rank 0 saves the checkpoint once.
     - **Divergence**: after the loss of each iteration (``IterationEvents.LOSS_COMPLETED``, before
       the backward pass and the optimizer step) it looks at the per-group losses that
       :class:`~mnms_groupdistil.handlers.loss.GroupWeightedLossHandler` publishes and records, on their device and without a host
@@ -189,13 +191,24 @@ class RunGuard:
         self.logger.error(str(error))
         raise error
 
+    def _agreed_signal(self, engine: Engine) -> int | None:
+        """The signal to stop on: this process's or, under ``torch.distributed``, any rank's. The ranks agree
+        (a max all-reduce every ``check_interval`` iterations), so all of them stop after the same iteration."""
+        if idist.get_world_size() == 1:
+            return self.received
+        if engine.state.iteration % self.check_interval:
+            return None
+        return int(idist.all_reduce(int(self.received or 0), op="MAX")) or None
+
     def iteration_completed(self, engine: Engine) -> None:
         """After a signal: save the final checkpoint and end the run with :class:`RunInterrupted`."""
-        if self.received is None:
+        received = self._agreed_signal(engine)
+        if received is None:
             return
-        name = signal.Signals(self.received).name
+        self._restore()
+        name = signal.Signals(received).name + ("" if received == self.received else " (sent to another rank)")
         stop = RunInterrupted(
-            self.received,
+            received,
             f"stopped by {name} after iteration {engine.state.iteration} (epoch {engine.state.epoch}); "
             f"checkpoint saved in {self._final_path()}: run the same command again to resume",
         )
