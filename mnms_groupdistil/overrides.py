@@ -75,13 +75,20 @@ def unknown_setting_problems(known: Iterable[str], overrides: Iterable[str]) -> 
             continue
         parent, _, leaf = name.rpartition(ID_SEP)
         siblings = {k.rpartition(ID_SEP)[2]: k for k in known if k.rpartition(ID_SEP)[0] == parent}
-        close = [siblings[c] for c in difflib.get_close_matches(leaf, sorted(siblings), n=3, cutoff=0.6)]
+        close = [siblings[c] for c in _closest(leaf, sorted(siblings))]
         if not close:
             same_depth = [k for k in known if k.count(ID_SEP) == name.count(ID_SEP)]
-            close = difflib.get_close_matches(name, same_depth, n=3, cutoff=0.6)
+            close = _closest(name, same_depth)
         hint = f"; did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else "."
         problems.append(f"`{name}` is not a setting of this bundle{hint}")
     return problems
+
+
+def _closest(word: str, candidates: Sequence[str], margin: float = 0.1) -> list[str]:
+    """Up to three ``candidates`` close to ``word`` (difflib ratio >= 0.6), only those within ``margin`` of the closest."""
+    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in difflib.get_close_matches(word, candidates, 3, 0.6)]
+    best = max((score for score, _ in scored), default=0.0)
+    return [c for score, c in scored if score >= best - margin]
 
 
 def check_overrides(config_files: str | Sequence[str], overrides: Iterable[str], where: str = "the overrides") -> None:

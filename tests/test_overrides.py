@@ -40,9 +40,9 @@ def test_the_issue_s_typos_are_refused_with_the_intended_settings():
     assert isinstance(error, InputError)
     assert error.problems[:5] == [
         "`max_epoch` is not a setting of this bundle; did you mean `max_epochs`?",
-        "`teacher_ckp` is not a setting of this bundle; did you mean `teacher_ckpt` or `teacher` or `teacher_def`?",
+        "`teacher_ckp` is not a setting of this bundle; did you mean `teacher_ckpt`?",
         "`lerning_rate` is not a setting of this bundle; did you mean `learning_rate`?",
-        "`val_fracton` is not a setting of this bundle; did you mean `val_fraction` or `validation`?",
+        "`val_fracton` is not a setting of this bundle; did you mean `val_fraction`?",
         "`train#trainer#max_epoch` is not a setting of this bundle; did you mean `train#trainer#max_epochs`?",
     ]
     assert "extra config file" in error.problems[-1] and len(error.problems) == 6

@@ -21,11 +21,13 @@ TINY = {
     "device": "cpu",
     "network_name": "resnet18",
 }
-# one-group batches (GroupBatchSampler) with the random transforms in the loader and precise BatchNorm;
-# shuffled batches (RandomSampler) with the random rotation and flips on the training device; balanced
-# batches with a warmed-up cosine schedule and weight averaging (its BatchNorm recomputed)
+# one-group batches (GroupBatchSampler) with the random transforms in the loader, a constant learning
+# rate, no averaging and precise BatchNorm; shuffled batches (RandomSampler) with the random rotation and
+# flips on the training device and the defaults (cosine schedule, weight averaging); balanced batches
+# with a warmed-up cosine schedule and weight averaging (its BatchNorm recomputed)
+ONE_GROUP = {"batching": "one_group", "lr_schedule": "constant", "weight_averaging": "none", "precise_bn": True}
 RUNS = {
-    "groupdro": (["train.json", "train_groupdro.json"], {"precise_bn": True, "precise_bn_batches": 2}),
+    "groupdro": (["train.json", "train_groupdro.json"], {**ONE_GROUP, "precise_bn_batches": 2}),
     "erm": (["train.json", "train_erm.json"], {"augment_on_device": True}),
     "averaged": (
         ["train.json", "train_groupdro.json"],
@@ -68,11 +70,18 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     settings = {**TINY, **settings}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), max_epochs=3, **settings)
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=1, **settings)
+    # the stopped run is the same 3-epoch run (its learning-rate schedule and weight averaging span 3
+    # epochs), ended after epoch 1 as a signal ends it: the trainer stops, the final checkpoint is saved
+    first = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
+    first.initialize()
+    first_trainer = first.parser.get_parsed_content("train#trainer")
+    first_trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
+    first.run()
+    first.finalize()
     after_one = _final(stopped)
     epoch_length = after_one["trainer"]["epoch_length"]
     assert after_one["trainer"]["iteration"] == epoch_length
-    robust = mode != "erm"
+    robust = not mode.startswith("erm")
     updates_per_iteration = 1 if robust else 0  # robust weights move every step; ERM's never
     assert int(after_one["group_weights"]["num_updates"]) == updates_per_iteration * epoch_length
     first_report = json.loads((stopped / "metrics.json").read_text())
@@ -97,20 +106,24 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     for key in ("network", "optimizer", "group_weights", "averaging"):
         _assert_same(a[key], b[key], key)
     model = torch.load(stopped / "model_final.pt", map_location="cpu", weights_only=True)
-    if mode == "averaged":
+    recorded = json.loads((stopped / "run_config.json").read_text())["settings"]
+    if recorded["weight_averaging"] == "ema":
         # the averaged network (its BatchNorm recomputed) is what is saved as the run's model, not the trained one
         averaged = {k[len("module."):]: v for k, v in b["averaging"]["averaged"].items() if k.startswith("module.")}
         _assert_same(model, averaged, "model_final")
         assert not torch.equal(model["fc.weight"], b["network"]["fc.weight"])
         assert int(b["averaging"]["averaged"]["n_averaged"]) == 3 * epoch_length
-        # and it is what an exported bundle holds
+    else:
+        _assert_same(model, b["network"], "model_final")
+        assert b["averaging"] == {}
+    if mode == "averaged":  # and it is what an exported bundle holds
         export.export_bundle(stopped, tmp_path / "exported")
         exported = torch.load(tmp_path / "exported" / "models" / "model.pt", map_location="cpu", weights_only=True)
         _assert_same(exported, export.to_monai_state_dict("resnet18", averaged), "exported")
-    else:
-        _assert_same(model, b["network"], "model_final")
-    # BatchNorm statistics recomputed over the last epoch's 2 balanced batches, or tracked over every step
-    tracked = 2 if settings.get("precise_bn") or settings.get("weight_averaging") == "ema" else 3 * epoch_length
+    # BatchNorm statistics recomputed over the last epoch's first balanced batches (at most one epoch's
+    # worth), or tracked over every step
+    recomputed = recorded["precise_bn"] or recorded["weight_averaging"] == "ema"
+    tracked = min(settings.get("precise_bn_batches", 16), epoch_length) if recomputed else 3 * epoch_length
     assert int(model["bn1.num_batches_tracked"]) == tracked
 
     report = json.loads((stopped / "metrics.json").read_text())
