@@ -128,9 +128,9 @@ def test_paper_defaults_and_top_level_knobs():
         "temperature": 4.0,
         "alpha": 0.9,
         "group_step_size": 0.01,
-        "batching": "balanced",
-        "lr_schedule": "cosine",
-        "weight_averaging": "ema",
+        "batching": "mixed",
+        "lr_schedule": "constant",
+        "weight_averaging": "none",
         "augment": False,
         "image_size": 224,
         "network_name": "resnet18",
@@ -147,7 +147,7 @@ def test_paper_defaults_and_top_level_knobs():
         "network_name": "resnet50",
         "output_dir": "$@bundle_root + '/runs/teacher'",
     }
-    # the baselines train on the data as it comes; groupDRO on the bundle's balanced batches
+    # the baselines train on the data as it comes (the bundle's default too, chosen by the digits study)
     for file, mode in ((KD, "kd"), (ERM, "erm")):
         assert ConfigParser.load_config_file(file) == {"mode": mode, "batching": "mixed"}
     assert ConfigParser.load_config_file(GROUPDRO) == {"mode": "groupdro"}
