@@ -16,7 +16,15 @@ import sys
 from collections.abc import Sequence
 from types import TracebackType
 
-__all__ = ["InputError", "ReportedError", "SettingError", "UnknownSettingError", "find_reported_error", "report_errors"]
+__all__ = [
+    "InputError",
+    "ReportedError",
+    "SettingError",
+    "UnknownSettingError",
+    "check_choice",
+    "find_reported_error",
+    "report_errors",
+]
 
 
 class ReportedError(Exception):
@@ -48,6 +56,17 @@ class SettingError(InputError):
 
 class UnknownSettingError(SettingError):
     """An override names an id that the bundle's configs do not define (a typo would otherwise be ignored)."""
+
+
+def check_choice(setting: str, value: object, choices: Sequence[str], what: str = "valid") -> str:
+    """``value`` itself when it is exactly one of ``choices``; the one check of a setting that picks behaviour.
+
+    Raises:
+        InputError: for any other value (a typo, another case, a bool), naming the setting and listing the choices.
+    """
+    if not isinstance(value, str) or value not in choices:
+        raise InputError(f"{setting}={value!r} is not {what}; valid: {', '.join(choices)}.")
+    return value
 
 
 def find_reported_error(error: BaseException | None) -> ReportedError | None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import csv
 import logging
-from abc import ABC, abstractmethod
 import os
 import re
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any

@@ -296,7 +296,8 @@ def history_figures(report: Mapping[str, Any], last_epochs: int = 3) -> dict[str
     Returns:
         Those four figures (fractions), None where the history lacks them.
     """
-    history = sorted((e for e in report.get("history") or [] if isinstance(e.get("epoch"), int)), key=lambda e: e["epoch"])
+    epochs = [e for e in report.get("history") or [] if isinstance(e.get("epoch"), int)]
+    history = sorted(epochs, key=lambda e: e["epoch"])
     figures: dict[str, float | None] = {}
     for prefix, key in _HISTORY_FIGURES.items():
         values = [e.get("metrics", {}).get(key) for e in history[-last_epochs:]]

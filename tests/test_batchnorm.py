@@ -12,8 +12,15 @@ from mnms_groupdistil.handlers import PreciseBatchNorm
 
 def _net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(),
-                         nn.Linear(3 * 16, 2), nn.BatchNorm1d(2))
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Linear(3 * 16, 2),
+        nn.BatchNorm1d(2),
+    )
 
 
 def test_statistics_are_the_mean_of_the_batch_statistics():
@@ -39,7 +46,9 @@ def test_statistics_are_the_mean_of_the_batch_statistics():
         bn2d.train()
         hidden = [net[5](net[4](net[3](net[2](bn2d(f))))) for f in features]
     torch.testing.assert_close(recomputed["6.running_mean"], torch.stack([h.mean(0) for h in hidden]).mean(0))
-    torch.testing.assert_close(recomputed["6.running_var"], torch.stack([h.var(0, unbiased=True) for h in hidden]).mean(0))
+    torch.testing.assert_close(
+        recomputed["6.running_var"], torch.stack([h.var(0, unbiased=True) for h in hidden]).mean(0)
+    )
     for key, value in net.named_parameters():  # the weights are untouched
         assert torch.equal(value, before[key]), key
 

@@ -154,7 +154,7 @@ def test_a_sparser_check_names_the_first_bad_iteration_and_saves_nothing(tmp_pat
     assert len(batches) % 5 == 0 and len(batches) - 5 < first <= len(batches)  # found at the next check
     assert batches[first - 1] == [1, 1, 1, 1]  # group B's batch holding sample 7
     assert "groups in the batch: B (4 samples, mean loss nan)" in message
-    assert f"checked every 5" in message and "nothing was saved" in message
+    assert "checked every 5" in message and "nothing was saved" in message
     assert not (tmp_path / "checkpoint_final.pt").exists()
     assert torch.isfinite(weights.log_weights).all()
     after_bad = log_weights[first] if first < len(log_weights) else weights.log_weights

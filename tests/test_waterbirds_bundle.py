@@ -26,9 +26,9 @@ from test_bundle import config_problems, exception_chain, merged_config, tensorb
 from test_export import _without_package, run_exported_inference
 
 from mnms_groupdistil.data.synthetic import write_waterbirds
-from mnms_groupdistil.handlers import AtomicCheckpointSaver
 from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
 from mnms_groupdistil.export import export_bundle
+from mnms_groupdistil.handlers import AtomicCheckpointSaver
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "waterbirds_groupdistil" / "configs"

@@ -17,7 +17,7 @@ import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from mnms_groupdistil.errors import InputError
+from mnms_groupdistil.errors import check_choice
 
 __all__ = ["BATCHINGS", "BalancedBatchSampler", "GroupBatchSampler", "check_batching", "group_shares"]
 
@@ -31,39 +31,60 @@ def check_batching(batching: str) -> str:
     Raises:
         InputError: (a ``ValueError``) for any other value, listing the valid ones.
     """
-    if not isinstance(batching, str) or batching not in BATCHINGS:
-        raise InputError(
-            f"batching={batching!r} is not a batch composition; valid: {', '.join(BATCHINGS)} "
-            "(one_group: Algorithm 1, one group per batch; mixed: shuffled, the data's proportions; "
-            "balanced: every group in equal shares in every batch)"
-        )
-    return batching
+    return check_choice(
+        "batching",
+        batching,
+        BATCHINGS,
+        "a batch composition (one_group: Algorithm 1, one group per batch; mixed: shuffled, the data's "
+        "proportions; balanced: every group in equal shares in every batch)",
+    )
 
 
-def _draw_seed(seed: int, epoch: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(epoch)])
+class _GroupSampler(Sampler[list[int]]):
+    """What both group samplers share: the groups' members, the ranks, the epoch and its seed.
+
+    Args: as :class:`GroupBatchSampler`.
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[int],
+        batch_size: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        groups = np.asarray([int(g) for g in groups])
+        if groups.size == 0:
+            raise ValueError("groups is empty: the dataset has no samples.")
+        distributed = dist.is_available() and dist.is_initialized()
+        self.num_replicas = num_replicas or (dist.get_world_size() if distributed else 1)
+        self.rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank must be in [0, {self.num_replicas}), got {self.rank}.")
+        self.group_ids = sorted(set(groups.tolist()))
+        self.members = {g: np.flatnonzero(groups == g) for g in self.group_ids}
+        self.batch_size = int(batch_size)
+        self.num_batches = int(num_batches or math.ceil(groups.size / (self.batch_size * self.num_replicas)))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the draws of ``epoch`` for the following iterations (until the next call)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def _rng(self) -> np.random.Generator:
+        """The generator of this epoch's draws: ``(seed, epoch)`` only, the same on every rank."""
+        return np.random.default_rng([self.seed, self.epoch])
 
 
-def _distributed_replicas(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
-    """``(num_replicas, rank)``: the given ones, else the distributed world's, else ``(1, 0)``."""
-    distributed = dist.is_available() and dist.is_initialized()
-    replicas = num_replicas or (dist.get_world_size() if distributed else 1)
-    rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
-    if not 0 <= rank < replicas:
-        raise ValueError(f"rank must be in [0, {replicas}), got {rank}.")
-    return replicas, rank
-
-
-def _check_sampler_args(groups: Sequence[int], batch_size: int) -> np.ndarray:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    groups = np.asarray([int(g) for g in groups])
-    if groups.size == 0:
-        raise ValueError("groups is empty: the dataset has no samples.")
-    return groups
-
-
-class GroupBatchSampler(Sampler[list[int]]):
+class GroupBatchSampler(_GroupSampler):
     """Batches of a single group each, the group drawn uniformly at random per step.
 
     Each group's indices are walked through in a shuffled order, reshuffled whenever they run
@@ -95,33 +116,8 @@ class GroupBatchSampler(Sampler[list[int]]):
             for batch in loader: ...
     """
 
-    def __init__(
-        self,
-        groups: Sequence[int],
-        batch_size: int,
-        num_batches: int | None = None,
-        seed: int = 0,
-        num_replicas: int | None = None,
-        rank: int | None = None,
-    ) -> None:
-        groups = _check_sampler_args(groups, batch_size)
-        self.num_replicas, self.rank = _distributed_replicas(num_replicas, rank)
-        self.group_ids = sorted(set(groups.tolist()))
-        self.members = {g: np.flatnonzero(groups == g) for g in self.group_ids}
-        self.batch_size = int(batch_size)
-        self.num_batches = int(num_batches or math.ceil(groups.size / (self.batch_size * self.num_replicas)))
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the draws of ``epoch`` for the following iterations (until the next call)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
-
     def __iter__(self) -> Iterator[list[int]]:
-        rng = _draw_seed(self.seed, self.epoch)
+        rng = self._rng()
         orders = {g: rng.permutation(m) for g, m in self.members.items()}
         cursors = dict.fromkeys(self.group_ids, 0)
         for _ in range(self.num_batches):
@@ -154,14 +150,15 @@ def group_shares(batch_size: int, num_groups: int, step: int) -> list[int]:
     return shares
 
 
-class BalancedBatchSampler(Sampler[list[int]]):
+class BalancedBatchSampler(_GroupSampler):
     """Mixed batches holding every group in equal shares (as near as the batch size allows).
 
     Each step's batch of ``batch_size * num_replicas`` samples (all ranks together) holds
     :func:`group_shares` samples of every group. Each group's samples are walked in a shuffled
     order, reshuffled whenever they are used up, so over an epoch a small group's samples are seen
     many times and a large group's about once per pass; a sample appears twice in one batch only
-    when its group's walk wraps around within that batch (a group about as small as its share). Every group is present at every step: with groupDRO's weights every
+    when its group's walk wraps around within that batch (a group about as small as its share).
+    Every group is present at every step: with groupDRO's weights every
     group's weight is updated every step, and BatchNorm sees every group in every batch. This is
     the composition of the reference groupDRO code (``--reweight_groups``: weights ``N / n_g``)
     without its randomness in the group counts.
@@ -198,30 +195,16 @@ class BalancedBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        groups = _check_sampler_args(groups, batch_size)
-        self.num_replicas, self.rank = _distributed_replicas(num_replicas, rank)
-        self.group_ids = sorted(set(groups.tolist()))
-        self.members = {g: np.flatnonzero(groups == g) for g in self.group_ids}
-        self.batch_size = int(batch_size)
+        super().__init__(groups, batch_size, num_batches, seed, num_replicas, rank)
         self.global_batch = self.batch_size * self.num_replicas
         if self.global_batch < len(self.group_ids):
             raise ValueError(
                 f"balanced batches of {self.global_batch} samples (batch_size {self.batch_size} x "
                 f"{self.num_replicas} ranks) cannot hold all {len(self.group_ids)} groups: raise batch_size."
             )
-        self.num_batches = int(num_batches or math.ceil(groups.size / self.global_batch))
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Use the draws of ``epoch`` for the following iterations (until the next call)."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.num_batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = _draw_seed(self.seed, self.epoch)
+        rng = self._rng()
         orders = {g: rng.permutation(m) for g, m in self.members.items()}
         cursors = dict.fromkeys(self.group_ids, 0)
 

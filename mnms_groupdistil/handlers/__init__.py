@@ -18,7 +18,12 @@ bundle configs name them).
 """
 
 from mnms_groupdistil.handlers.averaging import PreciseBatchNorm, WeightAveraging
-from mnms_groupdistil.handlers.checkpoints import AtomicCheckpointSaver, BestModelSaver, attach_resume, latest_checkpoint
+from mnms_groupdistil.handlers.checkpoints import (
+    AtomicCheckpointSaver,
+    BestModelSaver,
+    attach_resume,
+    latest_checkpoint,
+)
 from mnms_groupdistil.handlers.guard import NonFiniteLossError, RunGuard, RunInterrupted
 from mnms_groupdistil.handlers.loss import GroupWeightedLossHandler, group_from_batch, loss_from_output
 from mnms_groupdistil.handlers.reports import AttachMetrics, MetricsReport

@@ -20,7 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from mnms_groupdistil.batchnorm import recompute_batchnorm_stats
-from mnms_groupdistil.errors import InputError
+from mnms_groupdistil.errors import InputError, check_choice
 
 __all__ = ["WEIGHT_AVERAGINGS", "PreciseBatchNorm", "WeightAveraging", "ema_decay", "unwrap"]
 
@@ -65,8 +65,7 @@ class WeightAveraging:
     """
 
     def __init__(self, network: nn.Module, method: str = "none", epochs: float = 1.0) -> None:
-        if not isinstance(method, str) or method not in WEIGHT_AVERAGINGS:
-            raise InputError(f"weight_averaging={method!r} is not valid; valid: {', '.join(WEIGHT_AVERAGINGS)}.")
+        check_choice("weight_averaging", method, WEIGHT_AVERAGINGS)
         ema_decay(epochs, 1)  # validate
         self.network = network
         self.method = method

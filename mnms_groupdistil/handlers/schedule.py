@@ -7,7 +7,7 @@ import math
 from ignite.engine import Engine, Events
 from torch.optim import Optimizer
 
-from mnms_groupdistil.errors import InputError
+from mnms_groupdistil.errors import InputError, check_choice
 
 __all__ = ["LR_SCHEDULES", "LearningRateSchedule", "scheduled_lr"]
 
@@ -25,8 +25,7 @@ def scheduled_lr(base_lr: float, schedule: str, step: int, total_steps: int, war
     Raises:
         InputError: for an unknown schedule or a warm-up not shorter than the training.
     """
-    if schedule not in LR_SCHEDULES:
-        raise InputError(f"lr_schedule={schedule!r} is not valid; valid: {', '.join(LR_SCHEDULES)}.")
+    check_choice("lr_schedule", schedule, LR_SCHEDULES)
     if not 0 <= warmup_steps < total_steps:
         raise InputError(
             f"the warm-up ({warmup_steps} steps) must be shorter than the training ({total_steps} steps): "
@@ -60,8 +59,7 @@ class LearningRateSchedule:
     """
 
     def __init__(self, optimizer: Optimizer, schedule: str = "constant", warmup_epochs: float = 0.0) -> None:
-        if schedule not in LR_SCHEDULES:
-            raise InputError(f"lr_schedule={schedule!r} is not valid; valid: {', '.join(LR_SCHEDULES)}.")
+        check_choice("lr_schedule", schedule, LR_SCHEDULES)
         if not (warmup_epochs >= 0 and math.isfinite(warmup_epochs)):
             raise InputError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
         self.optimizer = optimizer
