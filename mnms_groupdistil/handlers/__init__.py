@@ -10,6 +10,7 @@ bundle configs name them).
 - :mod:`.checkpoints`: :class:`AtomicCheckpointSaver` (never a half-written file),
   :class:`BestModelSaver` (its record resumes), :func:`attach_resume`.
 - :mod:`.guard`: :class:`RunGuard` stops a run on SIGTERM/SIGINT or a non-finite loss after saving.
+- :mod:`.events`: :func:`attach_once`, the one implementation of the handlers' idempotent ``attach``.
 - :mod:`.seeding`: :class:`EpochSeeds` makes each epoch's draws depend on (seed, rank, epoch) only.
 - :mod:`.averaging`: :class:`WeightAveraging` (an EMA of the weights: the evaluated model) and
   :class:`PreciseBatchNorm` (BatchNorm statistics recomputed over balanced training batches).

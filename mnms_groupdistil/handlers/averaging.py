@@ -21,6 +21,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from mnms_groupdistil.batchnorm import recompute_batchnorm_stats
 from mnms_groupdistil.errors import InputError, check_choice
+from mnms_groupdistil.handlers.events import attach_once
 
 __all__ = ["WEIGHT_AVERAGINGS", "PreciseBatchNorm", "WeightAveraging", "ema_decay", "unwrap"]
 
@@ -89,11 +90,10 @@ class WeightAveraging:
 
     def attach(self, engine: Engine) -> None:
         """Register :meth:`started` and :meth:`iteration_completed` (idempotent; nothing when off)."""
-        if not self.enabled:
-            return
-        for event, handler in ((Events.STARTED, self.started), (Events.ITERATION_COMPLETED, self.iteration_completed)):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
+        if self.enabled:
+            attach_once(
+                engine, ((Events.STARTED, self.started), (Events.ITERATION_COMPLETED, self.iteration_completed))
+            )
 
     def started(self, engine: Engine) -> None:
         self.decay = ema_decay(self.epochs, int(engine.state.epoch_length))
@@ -156,8 +156,8 @@ class PreciseBatchNorm:
 
     def attach(self, engine: Engine) -> None:
         """Register :meth:`epoch_completed` (idempotent; nothing when disabled)."""
-        if self.enabled and not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        if self.enabled:
+            attach_once(engine, ((Events.EPOCH_COMPLETED, self.epoch_completed),))
 
     def inputs(self, epoch: int) -> Iterator[torch.Tensor]:
         """The input batches of ``epoch``, prepared and on the device."""

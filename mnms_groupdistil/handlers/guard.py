@@ -17,6 +17,7 @@ from monai.handlers import CheckpointSaver
 from monai.utils import CommonKeys as Keys
 
 from mnms_groupdistil.errors import ReportedError
+from mnms_groupdistil.handlers.events import attach_once
 
 __all__ = ["NonFiniteLossError", "RunGuard", "RunInterrupted"]
 
@@ -106,14 +107,15 @@ class RunGuard:
 
     def attach(self, engine: Engine) -> None:
         """Register the signal set-up, the loss check and the stop (idempotent)."""
-        for event, handler in (
-            (Events.STARTED, self.started),
-            (IterationEvents.LOSS_COMPLETED, self.loss_completed),
-            (Events.ITERATION_COMPLETED, self.iteration_completed),
-            (Events.COMPLETED, self.completed),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
+        attach_once(
+            engine,
+            (
+                (Events.STARTED, self.started),
+                (IterationEvents.LOSS_COMPLETED, self.loss_completed),
+                (Events.ITERATION_COMPLETED, self.iteration_completed),
+                (Events.COMPLETED, self.completed),
+            ),
+        )
 
     def started(self, engine: Engine) -> None:
         """Install the signal handlers (main thread only)."""

@@ -12,6 +12,7 @@ from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
+from mnms_groupdistil.handlers.events import attach_once
 from mnms_groupdistil.losses import GroupWeightedLoss
 
 __all__ = ["GroupWeightedLossHandler", "group_from_batch", "loss_from_output"]
@@ -105,14 +106,15 @@ class GroupWeightedLossHandler:
         """Become ``engine``'s loss function and register the iteration events (idempotent)."""
         engine.loss_function = self
         engine.state.group_weights = self.loss.group_weights.weights.float()
-        for event, handler in (
-            (Events.ITERATION_STARTED, self.iteration_started),
-            (IterationEvents.FORWARD_COMPLETED, self.forward_completed),
-            (IterationEvents.LOSS_COMPLETED, self.loss_completed),
-            (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
+        attach_once(
+            engine,
+            (
+                (Events.ITERATION_STARTED, self.iteration_started),
+                (IterationEvents.FORWARD_COMPLETED, self.forward_completed),
+                (IterationEvents.LOSS_COMPLETED, self.loss_completed),
+                (Events.EPOCH_COMPLETED, self.epoch_completed),
+            ),
+        )
 
     def iteration_started(self, engine: Engine) -> None:
         """Read this batch's group ids; forget the previous batch's teacher outputs."""

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from mnms_groupdistil.handlers.events import attach_once
 from mnms_groupdistil.tables import text_table
 
 __all__ = ["AttachMetrics", "MetricsReport"]
@@ -119,8 +120,7 @@ class MetricsReport:
         self.history: list[dict[str, Any]] = []
 
     def attach(self, engine: Engine) -> None:
-        if not engine.has_event_handler(self.epoch_completed, Events.EPOCH_COMPLETED):
-            engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        attach_once(engine, ((Events.EPOCH_COMPLETED, self.epoch_completed),))
 
     def state_dict(self) -> dict[str, Any]:
         """The evaluations so far (plain numbers: loads with ``weights_only``)."""

@@ -8,6 +8,7 @@ from ignite.engine import Engine, Events
 from torch.optim import Optimizer
 
 from mnms_groupdistil.errors import InputError, check_choice
+from mnms_groupdistil.handlers.events import attach_once
 
 __all__ = ["LR_SCHEDULES", "LearningRateSchedule", "scheduled_lr"]
 
@@ -69,8 +70,7 @@ class LearningRateSchedule:
 
     def attach(self, engine: Engine) -> None:
         """Register :meth:`iteration_started` (idempotent)."""
-        if not engine.has_event_handler(self.iteration_started, Events.ITERATION_STARTED):
-            engine.add_event_handler(Events.ITERATION_STARTED, self.iteration_started)
+        attach_once(engine, ((Events.ITERATION_STARTED, self.iteration_started),))
 
     def iteration_started(self, engine: Engine) -> None:
         epoch_length = int(engine.state.epoch_length)

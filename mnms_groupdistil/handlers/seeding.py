@@ -7,6 +7,8 @@ from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
 from monai.utils import set_determinism
 
+from mnms_groupdistil.handlers.events import attach_once
+
 __all__ = ["EpochSeeds"]
 
 
@@ -42,8 +44,7 @@ class EpochSeeds:
 
     def attach(self, engine: Engine) -> None:
         """Register :meth:`epoch_started` (idempotent)."""
-        if not engine.has_event_handler(self.epoch_started, Events.EPOCH_STARTED):
-            engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        attach_once(engine, ((Events.EPOCH_STARTED, self.epoch_started),))
 
     def epoch_seed(self, epoch: int) -> int:
         """The seed of ``epoch`` (a 31-bit integer derived from ``(seed, rank, epoch)``)."""
