@@ -41,7 +41,7 @@ def ema_decay(epochs: float, epoch_length: int) -> float:
     ``epochs`` epochs, whatever the data's size or the batch size.
     """
     if not (epochs > 0 and math.isfinite(epochs)) or epoch_length < 1:
-        raise ValueError(f"ema_epochs must be > 0 and the epoch at least one step, got {epochs} and {epoch_length}.")
+        raise InputError(f"ema_epochs must be > 0 and the epoch at least one step, got {epochs} and {epoch_length}.")
     return math.exp(-1.0 / (float(epochs) * int(epoch_length)))
 
 
