@@ -22,6 +22,23 @@ from mnms_groupdistil.data.synthetic import write_mnms_cohort
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: The 211230 M&Ms information CSV's header, written out here rather than imported, so that the tests
+#: that write CSVs by hand do not trust the generator.
+MNMS_RELEASE_HEADER = [
+    "",
+    "External code",
+    "Pathology",
+    "VendorName",
+    "Vendor",
+    "Centre",
+    "ED",
+    "ES",
+    "Age",
+    "Sex",
+    "Height",
+    "Weight",
+]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: end-to-end run of a whole bundle or of several processes")

@@ -12,24 +12,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from conftest import MNMS_RELEASE_HEADER
 from monai.bundle import ConfigWorkflow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
-# the release's header, written out here rather than imported, so that this test does not trust the generator
-HEADER = [
-    "",
-    "External code",
-    "Pathology",
-    "VendorName",
-    "Vendor",
-    "Centre",
-    "ED",
-    "ES",
-    "Age",
-    "Sex",
-    "Height",
-    "Weight",
-]
 FOLDERS = ["Training/Labeled", "Training/Unlabeled", "Validation", "Testing"]
 
 
@@ -93,7 +79,7 @@ def _write_cohort(root):
                 n += 1
     with open(root / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv", "w", newline="") as f:
         writer = csv.writer(f, lineterminator="\r\n")
-        writer.writerow(HEADER)
+        writer.writerow(MNMS_RELEASE_HEADER)
         writer.writerows(rows)
 
 

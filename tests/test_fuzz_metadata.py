@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MNMS_RELEASE_HEADER
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -87,20 +88,6 @@ def _named_lines(message: str) -> set[int]:
 
 # ----------------------------------------------------------------------------------- M&Ms CSV
 
-MNMS_COLUMNS = [
-    "",
-    "External code",
-    "Pathology",
-    "VendorName",
-    "Vendor",
-    "Centre",
-    "ED",
-    "ES",
-    "Age",
-    "Sex",
-    "Height",
-    "Weight",
-]
 MNMS_REQUIRED = {"External code", "Pathology", "Vendor", "ED", "ES"}
 HEIGHTS = {"": None, "170": 170, "165.5": 165.5}
 BAD_FRAME = ["", "x", "1.5", "-1", "nan", "inf", "1e400", "3 frames", "\u22122"]
@@ -155,7 +142,7 @@ def mnms_case(draw: Any) -> dict[str, Any]:
             bad[index] = None
         elif kind != "copy":
             bad[index] = None
-    layout = _layout(draw, MNMS_COLUMNS, MNMS_REQUIRED, "zz_")
+    layout = _layout(draw, MNMS_RELEASE_HEADER, MNMS_REQUIRED, "zz_")
     encoding = draw(st.sampled_from(["utf-8", "utf-8", "latin-1", "cp1252", "utf-16"]))
     delimiter = draw(st.sampled_from([",", ";", "\t"]))
     blanks = _with_blanks(draw, list(range(len(rows))))
