@@ -22,6 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 from mnms_groupdistil.batchnorm import recompute_batchnorm_stats
 from mnms_groupdistil.errors import InputError, check_choice
 from mnms_groupdistil.handlers.events import attach_once
+from mnms_groupdistil.handlers.seeding import set_sampler_epoch
 
 __all__ = ["WEIGHT_AVERAGINGS", "PreciseBatchNorm", "WeightAveraging", "ema_decay", "unwrap"]
 
@@ -161,9 +162,7 @@ class PreciseBatchNorm:
 
     def inputs(self, epoch: int) -> Iterator[torch.Tensor]:
         """The input batches of ``epoch``, prepared and on the device."""
-        for sampler in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(epoch)
+        set_sampler_epoch(self.loader, epoch)
         device = self.device if self.device is not None else next(self.network.parameters()).device
         for index, batch in enumerate(self.loader):
             if self.num_batches is not None and index >= self.num_batches:

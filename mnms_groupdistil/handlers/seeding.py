@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
@@ -9,7 +11,15 @@ from monai.utils import set_determinism
 
 from mnms_groupdistil.handlers.events import attach_once
 
-__all__ = ["EpochSeeds"]
+__all__ = ["EpochSeeds", "set_sampler_epoch"]
+
+
+def set_sampler_epoch(loader: Any, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on ``loader``'s ``sampler`` and ``batch_sampler`` where they have one
+    (:class:`~mnms_groupdistil.data.samplers.GroupBatchSampler`, ``DistributedSampler``, ...)."""
+    for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+        if callable(getattr(sampler, "set_epoch", None)):
+            sampler.set_epoch(epoch)
 
 
 class EpochSeeds:
@@ -53,9 +63,7 @@ class EpochSeeds:
     def epoch_started(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
         loader = getattr(engine, "data_loader", None) or engine.state.dataloader
-        for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
-            if callable(getattr(sampler, "set_epoch", None)):
-                sampler.set_epoch(epoch)
+        set_sampler_epoch(loader, epoch)
         seed = self.epoch_seed(epoch)
         set_determinism(seed=seed)
         dataset = getattr(loader, "dataset", None)
