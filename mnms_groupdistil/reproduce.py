@@ -23,7 +23,8 @@ with the same settings, and the bundle resumes it from the last checkpoint in it
 run records its settings in ``run_args.json`` (the ``--args_file`` of ``python -m monai.bundle
 run``) and its output in ``bundle.log``; a folder started with other settings is refused rather
 than mixed. Extra settings reach every run: ``--config_file configs/demo.json`` merges a JSON on
-top of each run's configs, ``--override max_epochs=1 image_size=32 device=cpu`` sets single ids.
+top of each run's configs (``teacher:configs/demo_teacher.json`` on top of the teacher's only),
+``--override max_epochs=1 image_size=32 device=cpu`` sets single ids.
 
 Written to ``output_dir``: ``results.csv`` (one row per run), ``results.md`` (mean +- sample
 standard deviation over seeds beside the paper's figures, per-group accuracy, the ``eta_w``
@@ -93,6 +94,7 @@ __all__ = [
     "cell_folder",
     "cell_name",
     "config_files",
+    "scoped_config",
     "load_metrics",
     "main",
     "parse_grid",
@@ -286,12 +288,27 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
 GRID_IDS = ("run_id", "config_file", "dataset_dir", "output_dir", "seed", "split_seed", "teacher_ckpt")
 
 
+def scoped_config(item: str | Path) -> tuple[str | None, str]:
+    """``(method key, file)`` of an extra config: ``METHOD:FILE`` reaches one method's runs, ``FILE`` every run."""
+    scope, sep, path = str(item).partition(":")
+    if sep and scope.isidentifier() and len(scope) > 1:  # not a drive letter
+        return scope, path
+    return None, str(item)
+
+
 def config_files(
     spec: DatasetSpec, method: Method, bundles_dir: str | Path = BUNDLES_DIR, extra_configs: Sequence[str | Path] = ()
 ) -> list[str]:
-    """The config files a run of ``method`` merges: the bundle's, then ``extra_configs``."""
+    """The config files a run of ``method`` merges: the bundle's, then ``extra_configs`` in their order.
+
+    An extra config written ``METHOD:FILE`` (e.g. ``teacher:configs/demo_teacher.json``) is merged into
+    the runs of that method only (see :func:`scoped_config`).
+    """
     configs = Path(bundles_dir) / spec.bundle / "configs"
-    return [str(configs / name) for name in method.configs] + [str(c) for c in extra_configs]
+    scoped = [scoped_config(c) for c in extra_configs]
+    return [str(configs / name) for name in method.configs] + [
+        path for scope, path in scoped if scope in (None, method.key)
+    ]
 
 
 def bundle_args(
@@ -691,7 +708,13 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     parser.add_argument("--splits", nargs="+", help="splits to run (default: the paper's)")
     parser.add_argument("--split_seed", type=int, default=0, help="seed that fixes each split's patients")
     parser.add_argument("--group_step_sizes", type=float, nargs="*", default=[], help="extra eta_w runs")
-    parser.add_argument("--config_file", nargs="*", default=[], help="JSON files merged on top of every run's configs")
+    parser.add_argument(
+        "--config_file",
+        nargs="*",
+        default=[],
+        help="JSON files merged on top of every run's configs, in order; METHOD:FILE (e.g. "
+        "teacher:configs/demo_teacher.json) merges FILE into that method's runs only",
+    )
     parser.add_argument("--override", nargs="*", default=[], help="ID=VALUE bundle settings for every run")
     parser.add_argument("--bundles_dir", default=str(BUNDLES_DIR), help="folder holding the bundles")
     parser.add_argument(
@@ -719,8 +742,12 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     if not Path(args.dataset_dir).is_dir():
         parser.error(f"dataset_dir {args.dataset_dir} is not a folder.")
     for config in args.config_file:
-        if not Path(config).is_file():
-            parser.error(f"--config_file {config} does not exist.")
+        scope, path = scoped_config(config)
+        if scope is not None and scope not in {m.key for m in spec.methods}:
+            keys = ", ".join(m.key for m in spec.methods)
+            parser.error(f"--config_file {config}: no method {scope!r} in {spec.name} (methods: {keys}).")
+        if not Path(path).is_file():
+            parser.error(f"--config_file {config}: {path} does not exist.")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}.")
     try:

@@ -17,6 +17,7 @@ DATA="${DATA:-demo_data/OpenDataset}"
 RUNS="${RUNS:-runs/demo}"
 BUNDLE=bundles/mnms_groupdistil/configs
 DEMO=configs/demo.json
+DEMO_TEACHER=configs/demo_teacher.json  # the teacher's own epochs (see the M&Ms bundle's docs)
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning}"
 
 if [ ! -f "$DATA/211230_M&Ms_Dataset_information_diagnosis_opendataset.csv" ]; then
@@ -27,7 +28,7 @@ mkdir -p "$RUNS"
 
 source "$(dirname "$0")/train_run.sh"
 
-train teacher "['$BUNDLE/train.json','$BUNDLE/train_teacher.json','$DEMO']"
+train teacher "['$BUNDLE/train.json','$BUNDLE/train_teacher.json','$DEMO','$DEMO_TEACHER']"
 TEACHER="$RUNS/teacher/model_final.pt"
 train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
 train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"

@@ -130,6 +130,28 @@ def test_bundle_args_of_a_step_size_run(tmp_path):
     assert resolve_setting(args, "train#trainer#max_epochs") == 1
 
 
+def test_a_method_scoped_config_reaches_only_that_methods_runs(tmp_path):
+    (tmp_path / "teacher.json").write_text(json.dumps({"max_epochs": 8}))
+    extra = ["configs/demo.json", f"teacher:{tmp_path / 'teacher.json'}"]
+    runs = {r.key: r for r in plan_runs(MNMS, [0], tmp_path, ["demo"])}
+    teacher = bundle_args(MNMS, runs["teacher"], "data", extra_configs=extra)
+    kd = bundle_args(MNMS, runs["kd"], "data", extra_configs=extra, teacher_ckpt="t.pt")
+    assert teacher["config_file"][-2:] == ["configs/demo.json", str(tmp_path / "teacher.json")]
+    assert kd["config_file"][-1] == "configs/demo.json"
+    assert resolve_setting(teacher, "train#trainer#max_epochs") == 8
+    assert resolve_setting(kd, "train#trainer#max_epochs") == 4  # configs/demo.json's
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [("teachr:configs/demo.json", "no method 'teachr' in mnms"), ("teacher:configs/nothing.json", "does not exist")],
+)
+def test_a_bad_scoped_config_is_refused(tmp_path, capsys, item, message):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--config_file", item, "--dry_run"])
+    assert message in capsys.readouterr().err
+
+
 def test_bundle_args_refuse_ids_the_grid_sets(tmp_path):
     run = plan_runs(MNMS, [0], tmp_path, ["split1"])[0]
     with pytest.raises(ValueError, match="--override or --grid sets seed, split"):
