@@ -256,6 +256,21 @@ def test_generated_background_is_the_spurious_feature(tmp_path):
     assert Counter((r["y"], r["place"]) for r in test) == Counter({(y, p): 40 for y in "01" for p in "01"})
 
 
+@pytest.mark.parametrize("label", [0, 1])
+def test_bird_scale_grows_the_bird_by_its_square(label):
+    """The drawn area grows with the square of ``scale`` (same draws); a bird too big for its canvas is centred."""
+
+    def drawn_pixels(scale: float, side: int = 400) -> int:
+        canvas = Image.new("RGB", (side, side), (0, 0, 255))
+        synthetic._draw_bird(canvas, label, np.random.default_rng(3), scale)
+        return int((np.asarray(canvas) != (0, 0, 255)).any(axis=-1).sum())
+
+    assert drawn_pixels(1.5) / drawn_pixels(1.0) == pytest.approx(1.5**2, rel=0.1)
+    small = Image.new("RGB", (24, 30), (0, 0, 255))
+    synthetic._draw_bird(small, label, np.random.default_rng(0), 3.0)  # larger than the image: no error
+    assert (np.asarray(small) != (0, 0, 255)).any(axis=-1).mean() > 0.25  # drawn, and much of the canvas
+
+
 def test_generated_digits_are_the_real_scikit_learn_digits(tmp_path):
     from sklearn.datasets import load_digits
 

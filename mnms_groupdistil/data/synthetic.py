@@ -501,10 +501,26 @@ _PLACE_SCENES: dict[int, tuple[str, ...]] = {
 #: Presets of :func:`write_waterbirds`: training counts are the release's
 #: (:data:`~mnms_groupdistil.data.waterbirds.RELEASE_TRAIN_COUNTS`) times ``train_scale`` (at least
 #: ``min_train``); val and test hold ``val_per_group`` / ``test_per_group`` images of every group;
-#: image widths and heights are drawn from ``size_range`` (inclusive).
+#: image widths and heights are drawn from ``size_range`` (inclusive); ``bird_scale`` multiplies the
+#: birds' size (the demo's birds fill most of the image, as the release's photographs often do: at
+#: scale 1 its models learned the background only).
 WATERBIRDS_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"train_scale": 0.004, "min_train": 2, "val_per_group": 2, "test_per_group": 2, "size_range": (24, 40)},
-    "demo": {"train_scale": 0.1, "min_train": 4, "val_per_group": 20, "test_per_group": 40, "size_range": (48, 96)},
+    "tiny": {
+        "train_scale": 0.004,
+        "min_train": 2,
+        "val_per_group": 2,
+        "test_per_group": 2,
+        "size_range": (24, 40),
+        "bird_scale": 1.0,
+    },
+    "demo": {
+        "train_scale": 0.1,
+        "min_train": 4,
+        "val_per_group": 20,
+        "test_per_group": 40,
+        "size_range": (48, 96),
+        "bird_scale": 1.6,
+    },
 }
 
 
@@ -556,12 +572,21 @@ def _plain_background(place: int, size: int, rng: np.random.Generator) -> np.nda
     return np.clip(image, 0, 255)
 
 
-def _draw_bird(image: Any, label: int, rng: np.random.Generator) -> None:
-    """Draw a bird on a PIL image: upright round landbird or long, low waterbird with a long neck."""
+def _position(rng: np.random.Generator, low: float, high: float) -> float:
+    """A coordinate drawn uniformly from ``[low, high]``; the middle of the two when the bird is too big for a range."""
+    return float(rng.uniform(low, high)) if high > low else (low + high) / 2
+
+
+def _draw_bird(image: Any, label: int, rng: np.random.Generator, scale: float = 1.0) -> None:
+    """Draw a bird on a PIL image: upright round landbird or long, low waterbird with a long neck.
+
+    ``scale`` multiplies the bird's size (1: the landbird is about 0.6 and the waterbird about 0.5
+    of the image's shorter side).
+    """
     from PIL import ImageDraw
 
     width, height = image.size
-    s = min(width, height) * rng.uniform(0.8, 1.0)
+    s = min(width, height) * rng.uniform(0.8, 1.0) * scale
     colour = tuple(int(c) for c in rng.choice([[235, 235, 225], [40, 40, 45], [190, 120, 60], [150, 150, 160]]))
     colour = tuple(int(np.clip(c + rng.integers(-20, 21), 0, 255)) for c in colour)
     beak = (230, 170, 40)
@@ -569,8 +594,8 @@ def _draw_bird(image: Any, label: int, rng: np.random.Generator) -> None:
     draw = ImageDraw.Draw(image)
     if label == 0:  # landbird: upright oval body, round head on top, short beak, legs
         bw, bh = 0.26 * s, 0.36 * s
-        cx = rng.uniform(bw, width - bw)
-        cy = rng.uniform(0.3 * s + bh / 2, height - bh / 2 - 0.08 * s)
+        cx = _position(rng, bw, width - bw)
+        cy = _position(rng, 0.3 * s + bh / 2, height - bh / 2 - 0.08 * s)
         draw.ellipse([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], fill=colour)
         hr, hx, hy = 0.1 * s, cx + facing * 0.06 * s, cy - bh / 2 - 0.05 * s
         draw.ellipse([hx - hr, hy - hr, hx + hr, hy + hr], fill=colour)
@@ -582,8 +607,8 @@ def _draw_bird(image: Any, label: int, rng: np.random.Generator) -> None:
             draw.line(leg, fill=(60, 40, 20), width=max(1, int(0.02 * s)))
     else:  # waterbird: long low body, long neck, small head, long beak
         bw, bh = 0.55 * s, 0.18 * s
-        cx = rng.uniform(bw / 2, width - bw / 2)
-        cy = rng.uniform(0.4 * s, height - bh / 2)
+        cx = _position(rng, bw / 2, width - bw / 2)
+        cy = _position(rng, 0.4 * s, height - bh / 2)
         draw.ellipse([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], fill=colour)
         nx, ny = cx + facing * 0.2 * s, cy - 0.3 * s
         draw.line([(cx + facing * 0.15 * s, cy), (nx, ny)], fill=colour, width=max(1, int(0.07 * s)))
@@ -680,7 +705,7 @@ def write_waterbirds(
     for label, place, split in _release_items(counts, spec["val_per_group"], spec["test_per_group"]):
         width, height = (int(v) for v in rng.integers(low, high + 1, size=2))
         image = Image.fromarray(_background(place, width, height, rng).astype(np.uint8), mode="RGB")
-        _draw_bird(image, label, rng)
+        _draw_bird(image, label, rng, spec["bird_scale"])
         folder = _SPECIES[label][int(rng.integers(len(_SPECIES[label])))]
         stem = folder.split(".", 1)[1].title()
         items.append({"image": image, "folder": folder, "stem": stem, "label": label, "place": place, "split": split})
