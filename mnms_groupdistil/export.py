@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from mnms_groupdistil.network_checkpoints import load_network
+from mnms_groupdistil.network_checkpoints import load_weights
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import package_versions, read_run_settings
 
@@ -459,7 +459,8 @@ def export_bundle(
 
     name, num_classes, in_channels = settings["network_name"], len(settings["class_names"]), settings["in_channels"]
     image_size = int(settings["image_size"])
-    trained = load_network(build_network(name, num_classes, in_channels), run_dir / checkpoint, device="cpu")
+    student = build_network(name, num_classes, in_channels)
+    trained = load_weights(student, run_dir / checkpoint, device="cpu", setting="--checkpoint").eval()
     network_def = monai_network_def(name, num_classes, in_channels)
     network = _instantiate(network_def).eval()
     network.load_state_dict(to_monai_state_dict(name, trained.state_dict()), strict=True)

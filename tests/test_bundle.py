@@ -464,6 +464,18 @@ def test_missing_teacher_checkpoint_mentions_teacher_ckpt(bundle, cohort, tmp_pa
     assert "teacher_ckpt" in str(not_found[0]) and str(missing) in str(not_found[0])
 
 
+def test_a_distilled_run_records_its_teacher_checkpoint(bundle, cohort, untrained_teacher, tmp_path, monkeypatch):
+    """run_config.json names the teacher a student was distilled from, as an absolute path (given here relative
+    to the working folder); a run without a teacher records none."""
+    monkeypatch.chdir(untrained_teacher.parent)
+    for configs, recorded in (([TRAIN, KD], str(untrained_teacher)), ([TRAIN, GROUPDRO], None)):
+        out = tmp_path / Path(configs[-1]).stem
+        settings = {**SETTINGS, "network_name": "resnet18", "teacher_ckpt": untrained_teacher.name}
+        workflow = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(out), **settings)
+        workflow.initialize()
+        assert json.loads((out / "run_config.json").read_text())["settings"]["teacher_ckpt"] == recorded
+
+
 def test_groupdro_student_needs_no_teacher(bundle, cohort, tmp_path):
     """groupDRO needs no teacher: a missing teacher_ckpt does not matter there."""
     workflow = bundle.make(

@@ -51,7 +51,7 @@ def test_a_bad_teacher_checkpoint_ends_on_its_message(bundle, cohort, tmp_path, 
         "training", ["train.json"], dataset_dir=cohort, output_dir=tmp_path / "o", teacher_ckpt=teacher, **TINY_MNMS
     )
     (line,) = refused(proc, 1)
-    assert line.startswith(f"teacher_ckpt '{teacher}' ") and BAD_TEACHERS[kind] in line, line
+    assert line.startswith(f"teacher checkpoint teacher_ckpt '{teacher}' ") and BAD_TEACHERS[kind] in line, line
     assert not (tmp_path / "ran").exists()  # the payload did not run
     assert not (tmp_path / "o" / "run_config.json").exists() and not (tmp_path / "o" / LOCK_NAME).exists()
 
@@ -68,5 +68,6 @@ def test_evaluation_refuses_a_checkpoint_with_a_pickle_payload(bundle, cohort, t
         **TINY_MNMS,
     )
     (line,) = refused(proc, 1)
-    assert line.startswith(f"ckpt_path '{model}' is refused: it holds Python objects other than tensors"), line
+    subject = f"network checkpoint ckpt_path '{model}'"
+    assert line.startswith(f"{subject} is refused: it holds Python objects other than tensors"), line
     assert not (tmp_path / "ran").exists()

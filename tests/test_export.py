@@ -132,6 +132,12 @@ def test_export_errors(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(ValueError, match="is not empty"):
         export.export_bundle(tmp_path / "run", tmp_path / "full")
+    # the student's weights come through the general loader: its errors speak of a network checkpoint
+    torch.save(build_network("resnet34", num_classes=2, in_channels=1).state_dict(), tmp_path / "run" / "other.pt")
+    with pytest.raises(ValueError) as info:
+        export.export_bundle(tmp_path / "run", tmp_path / "b4", checkpoint="other.pt")
+    assert str(info.value).startswith(f"network checkpoint --checkpoint '{tmp_path / 'run' / 'other.pt'}' (plain ")
+    assert "does not match the network (ResNet)" in str(info.value) and "teacher" not in str(info.value)
 
 
 def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(tmp_path):

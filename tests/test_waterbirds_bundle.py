@@ -239,6 +239,8 @@ def test_runs_write_models_split_and_metrics(dataset, runs, run):
     assert metrics["mode"] == ("groupdro" if run == "teacher" else "groupdistil")
     assert metrics["network"] == ("resnet50" if run == "teacher" else "resnet18")
     assert metrics["teacher"] == (None if run == "teacher" else "resnet50")
+    recorded = json.loads((out / "run_config.json").read_text())["settings"]["teacher_ckpt"]
+    assert recorded == (None if run == "teacher" else str(runs["teacher"] / "model_final.pt"))
     assert metrics["selection"] == {"rule": "best_val_worst_group_acc", "epoch": 1, "checkpoint": "model.pt"}
     for name in ("model.pt", "model_final.pt"):
         state = torch.load(out / name, map_location="cpu", weights_only=True)
