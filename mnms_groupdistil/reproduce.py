@@ -51,7 +51,6 @@ group at or below 55 %, and the paired GroupDistil - KD difference.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import math
@@ -66,26 +65,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.overrides import check_overrides
+from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.paper import (
-    DATASETS,
-    MEAN,
-    WORST,
-    DatasetSpec,
-    Method,
-    Metric,
     group_table,
     is_finite,
     paired_difference_table,
     paper_table,
     plot_group_accuracy,
-    plot_group_weights,
     plot_step_sizes,
     result_row,
     step_size_table,
     study_table,
     write_csv,
 )
+from mnms_groupdistil.plots import plot_group_weights
+from mnms_groupdistil.registry import DATASETS, MEAN, WORST, DatasetSpec, Method, Metric, bundles_dir
 
 __all__ = [
     "Run",
@@ -96,7 +90,6 @@ __all__ = [
     "load_metrics",
     "main",
     "parse_grid",
-    "parse_overrides",
     "plan_runs",
     "resolve_setting",
     "run_bundle",
@@ -110,7 +103,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bundle folders of a source checkout (``<repository>/bundles``).
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLES_DIR = bundles_dir()
 
 #: Name of the settings file written into every run folder (``--args_file`` of the bundle runner).
 RUN_ARGS = "run_args.json"
@@ -166,8 +159,8 @@ def cell_folder(settings: Mapping[str, Any]) -> str:
 def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
     """``["batching=one_group,balanced", "lr_schedule=constant,cosine"]`` -> the cells of their product.
 
-    Each item is ``ID=VALUE,VALUE,...`` (values as in :func:`parse_overrides`); the cells are every
-    combination, the first axis varying slowest. No items give one cell without settings.
+    Each item is ``ID=VALUE,VALUE,...`` (values as in :func:`~mnms_groupdistil.overrides.parse_overrides`);
+    the cells are every combination, the first axis varying slowest. No items give one cell without settings.
 
     Raises:
         ValueError: for an item without ``=``, an empty or repeated id, or no or repeated values.
@@ -259,27 +252,6 @@ def plan_runs(
                         Run(split, seed, method, eta, folder / key, teacher, cell_name(cell), tuple(cell.items()))
                     )
     return runs
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["max_epochs=1", "device=cpu"]`` -> ``{"max_epochs": 1, "device": "cpu"}``.
-
-    Values are Python literals (``1``, ``0.5``, ``False``, ``[1, 99]``, ``None``); anything else is a string.
-
-    Raises:
-        ValueError: for an item without ``=`` or with an empty id.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--override takes ID=VALUE items (e.g. max_epochs=1), got '{item}'.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        overrides[key.strip()] = value
-    return overrides
 
 
 #: Bundle ids the grid sets itself; an override of one of them is refused.

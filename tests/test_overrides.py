@@ -12,7 +12,13 @@ from helpers import CONFIGS
 
 from mnms_groupdistil.benchmark import benchmark_bundle
 from mnms_groupdistil.errors import InputError, UnknownSettingError, find_reported_error
-from mnms_groupdistil.overrides import check_command_line, check_overrides, command_line_overrides, config_ids
+from mnms_groupdistil.overrides import (
+    check_command_line,
+    check_overrides,
+    command_line_overrides,
+    config_ids,
+    parse_overrides,
+)
 from mnms_groupdistil.reproduce import main as reproduce_main
 
 MAIN = str(Path(monai.bundle.__file__).parent / "__main__.py")
@@ -24,6 +30,13 @@ COMMANDS = [
     ("waterbirds", "evaluating", ["train.json", "evaluate.json"]),
     ("waterbirds", "inference", ["inference.json"]),
 ]
+
+
+def test_overrides_are_python_literals_or_strings():
+    parsed = parse_overrides(["max_epochs=1", "device=cpu", "amp=False", "intensity_percentiles=[2, 98]", "x=0.5"])
+    assert parsed == {"max_epochs": 1, "device": "cpu", "amp": False, "intensity_percentiles": [2, 98], "x": 0.5}
+    with pytest.raises(ValueError, match="ID=VALUE.*'max_epochs'"):
+        parse_overrides(["max_epochs"])
 
 
 def test_config_ids_are_top_level_ids_and_paths():
