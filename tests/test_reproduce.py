@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, REPO, WATERBIRDS_BUNDLE
+from helpers import CONFIGS, REPO, TINY_MNMS, WATERBIRDS_BUNDLE
 
 from mnms_groupdistil.overrides import parse_overrides
 from mnms_groupdistil.registry import MNMS, WATERBIRDS
@@ -253,10 +253,10 @@ def test_a_study_runs_each_cell_apart_and_reports_the_last_epochs(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 
-TINY_GRID = [
-    "--splits", "demo", "--override", "max_epochs=1", "image_size=32", "frames_per_patient=2", "batch_size=8",
-    "num_workers=0", "device=cpu", "test_frames_per_patient=2", "log_interval=1",
-]  # fmt: skip
+#: The tiny run as the grid's options: 8-frame batches, 2 test frames per patient, every iteration logged.
+GRID_SETTINGS = {k: v for k, v in TINY_MNMS.items() if k != "split"}
+GRID_SETTINGS.update(batch_size=8, test_frames_per_patient=2, log_interval=1)
+TINY_GRID = ["--splits", TINY_MNMS["split"], "--override", *(f"{k}={v}" for k, v in GRID_SETTINGS.items())]
 
 
 def in_process(bundle):
