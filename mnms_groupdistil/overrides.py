@@ -110,8 +110,9 @@ def unknown_setting_problems(known: Iterable[str], overrides: Iterable[str]) -> 
 
 
 def _closest(word: str, candidates: Sequence[str], margin: float = 0.1) -> list[str]:
-    """Up to three ``candidates`` close to ``word`` (difflib ratio >= 0.6), only those within ``margin`` of the closest."""
-    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in difflib.get_close_matches(word, candidates, 3, 0.6)]
+    """Up to three ``candidates`` close to ``word`` (difflib ratio >= 0.6), those within ``margin`` of the closest."""
+    close = difflib.get_close_matches(word, candidates, 3, 0.6)
+    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in close]
     best = max((score for score, _ in scored), default=0.0)
     return [c for score, c in scored if score >= best - margin]
 

@@ -80,6 +80,7 @@ from mnms_groupdistil.paper import (
 )
 from mnms_groupdistil.plots import plot_group_weights
 from mnms_groupdistil.registry import DATASETS, MEAN, WORST, DatasetSpec, Method, Metric, bundles_dir
+from mnms_groupdistil.runs import load_metrics
 
 __all__ = [
     "Run",
@@ -87,7 +88,6 @@ __all__ = [
     "cell_folder",
     "cell_name",
     "config_files",
-    "load_metrics",
     "main",
     "parse_grid",
     "plan_runs",
@@ -336,15 +336,6 @@ def resolve_setting(args: Mapping[str, Any], config_id: str) -> Any:
 
 
 # ------------------------------------------------------------------------------- running it
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    """A run's ``metrics.json``, or None when it has none (yet) or it cannot be read."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def run_state(run_dir: str | Path, max_epochs: int, required: Sequence[str] = (WORST.key,)) -> str:

@@ -11,11 +11,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_run", "read_group_weights"]
+__all__ = ["METRICS_NAME", "load_metrics", "load_run", "read_group_weights"]
+
+#: File name of a run's metrics report in its ``output_dir``.
+METRICS_NAME = "metrics.json"
 
 
-def load_run(run_dir: str | Path, filename: str = "metrics.json") -> dict[str, Any]:
-    """The metrics report of one run, with ``"name"`` (the folder name) and ``"dir"`` added.
+def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's metrics report, or None when it has none (yet) or it cannot be read (a run still going)."""
+    path = Path(run_dir) / METRICS_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_run(run_dir: str | Path, filename: str = METRICS_NAME) -> dict[str, Any]:
+    """The metrics report of a finished run, with ``"name"`` (the folder name) and ``"dir"`` added.
 
     Raises:
         ValueError: when the report is missing or is not valid JSON.

@@ -8,7 +8,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from mnms_groupdistil.plots import plot_group_weights
-from mnms_groupdistil.runs import load_run, read_group_weights
+from mnms_groupdistil.runs import load_metrics, load_run, read_group_weights
 
 
 def _log_weights(run_dir, weights: dict[str, list[float]]) -> None:
@@ -48,3 +48,11 @@ def test_load_run_names_the_run_and_refuses_a_broken_report(tmp_path):
     (tmp_path / "kd" / "metrics.json").write_text("{")
     with pytest.raises(ValueError, match="metrics.json is not valid JSON"):
         load_run(tmp_path / "kd")
+
+
+def test_load_metrics_of_a_run_still_going_is_none(tmp_path):
+    assert load_metrics(tmp_path) is None  # no report yet
+    (tmp_path / "metrics.json").write_text('{"epoch": 1')  # being written
+    assert load_metrics(tmp_path) is None
+    (tmp_path / "metrics.json").write_text('{"epoch": 1}')
+    assert load_metrics(tmp_path) == {"epoch": 1}
