@@ -35,59 +35,21 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from mnms_groupdistil import registry
 from mnms_groupdistil.acceleration import autocast_dtype, grad_scaler_needed
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights, distillation_loss
 from mnms_groupdistil.networks import build_network
-from mnms_groupdistil.overrides import check_overrides
-from mnms_groupdistil.reproduce import parse_overrides
+from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.tables import text_table
 
-__all__ = ["BUNDLES", "BundleSpec", "benchmark_bundle", "ceiling", "main", "plain_kd_loss"]
-
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_BUNDLES_DIR = REPO / "bundles"
-
-
-@dataclass(frozen=True)
-class BundleSpec:
-    """How to benchmark one bundle.
-
-    Args:
-        folder: the bundle's folder name under the bundles directory.
-        write_cohort: ``(folder, preset) -> dataset_dir`` writing a generated cohort in the real layout.
-        overrides: settings the bundle needs for the generated cohort (e.g. the M&Ms split).
-    """
-
-    folder: str
-    write_cohort: Callable[[Path, str], Path]
-    overrides: dict[str, Any]
-
-
-def _write_mnms(folder: Path, preset: str) -> Path:
-    from mnms_groupdistil.data.synthetic import write_mnms_cohort
-
-    return Path(write_mnms_cohort(folder / "MnM", preset=preset, seed=0))
-
-
-def _write_waterbirds(folder: Path, preset: str) -> Path:
-    from mnms_groupdistil.data.synthetic import write_waterbirds
-
-    return Path(write_waterbirds(folder, preset=preset, seed=0))
-
-
-#: The bundles this benchmark knows.
-BUNDLES: dict[str, BundleSpec] = {
-    "mnms": BundleSpec("mnms_groupdistil", _write_mnms, {"split": "demo"}),
-    "waterbirds": BundleSpec("waterbirds_groupdistil", _write_waterbirds, {}),
-}
+__all__ = ["benchmark_bundle", "ceiling", "main", "plain_kd_loss"]
 
 
 def plain_kd_loss(
@@ -293,32 +255,33 @@ def benchmark_bundle(
     warmup: int = 2,
     iterations: int = 5,
     cohort: str = "demo",
-    bundles_dir: str | Path = DEFAULT_BUNDLES_DIR,
+    bundles_dir: str | Path | None = None,
     work_dir: str | Path | None = None,
     settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure one configuration of one bundle (see the module docstring for the fields).
 
-    ``settings`` are further bundle ids for the end-to-end runs and the data pipeline (e.g.
-    ``{"augment_on_device": True}``); they are recorded in the result.
+    ``bundle`` is a dataset of :data:`mnms_groupdistil.registry.DATASETS` (``mnms``, ``waterbirds``): its
+    bundle folder under ``bundles_dir`` (default :func:`~mnms_groupdistil.registry.bundles_dir`) and its
+    generated cohort (preset ``cohort``). ``settings`` are further bundle ids for the end-to-end runs and the
+    data pipeline (e.g. ``{"augment_on_device": True}``); they are recorded in the result.
 
     Raises:
         ValueError: an unknown bundle, or one whose configs are not in ``bundles_dir``; a ``settings`` id
             that the bundle does not define (:class:`~mnms_groupdistil.errors.UnknownSettingError`).
     """
-    if bundle not in BUNDLES:
-        raise ValueError(f"bundle={bundle!r} is not one of {sorted(BUNDLES)}.")
-    spec = BUNDLES[bundle]
-    configs = Path(bundles_dir) / spec.folder / "configs"
+    if bundle not in registry.DATASETS:
+        raise ValueError(f"bundle={bundle!r} is not one of {sorted(registry.DATASETS)}.")
+    spec = registry.DATASETS[bundle]
+    configs = Path(bundles_dir or registry.bundles_dir()) / spec.bundle / "configs"
     if not (configs / "train.json").is_file():
         raise ValueError(
             f"bundle={bundle!r}: {configs / 'train.json'} does not exist; this checkout has no "
-            f"{spec.folder} bundle yet. Benchmark one of the bundles present."
+            f"{spec.bundle} bundle yet. Benchmark one of the bundles present."
         )
     check_overrides(str(configs / "train.json"), settings or {}, where="--override")
     device = torch.device(device)
     from monai.bundle import ConfigParser
-
 
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
@@ -331,7 +294,7 @@ def benchmark_bundle(
         teacher_ckpt = tmp / "teacher.pt"
         torch.save(build_network(names["teacher_name"], num_classes, names["in_channels"]).state_dict(), teacher_ckpt)
         overrides: dict[str, Any] = {
-            **spec.overrides,
+            **spec.cohort_settings,
             "dataset_dir": str(dataset_dir),
             "teacher_ckpt": str(teacher_ckpt),
             "device": str(device),
@@ -456,7 +419,8 @@ def _positive(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mnms_groupdistil.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", nargs="+", choices=sorted(BUNDLES), default=["mnms"], help="bundles to measure")
+    bundles = sorted(registry.DATASETS)
+    parser.add_argument("--bundle", nargs="+", choices=bundles, default=[registry.MNMS.name], help="bundles to measure")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", default=default_device, help=f"torch device (default {default_device})")
     parser.add_argument("--image_size", type=_positive, default=224)
@@ -467,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=_positive, default=3, help="untimed iterations before timing")
     parser.add_argument("--iterations", type=_positive, default=20, help="timed iterations")
     parser.add_argument("--cohort", default="demo", help="preset of the generated cohort (tiny, demo, ...)")
-    parser.add_argument("--bundles_dir", default=str(DEFAULT_BUNDLES_DIR), help="folder holding the bundles")
+    parser.add_argument("--bundles_dir", default=str(registry.bundles_dir()), help="folder holding the bundles")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     parser.add_argument(
         "--override", nargs="*", default=[], metavar="ID=VALUE", help="further bundle settings (augment_on_device=True)"

@@ -44,7 +44,8 @@ from typing import Any
 
 import torch
 
-from mnms_groupdistil.network_checkpoints import load_network
+from mnms_groupdistil import registry
+from mnms_groupdistil.network_checkpoints import load_weights
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import package_versions, read_run_settings
 
@@ -63,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 PACKAGE = "mnms_groupdistil"
 PACKAGE_DIR = Path(__file__).resolve().parent
-BUNDLES_DIR = PACKAGE_DIR.parent / "bundles"
 SCRIPTS = "scripts"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+)\.(norm|relu|conv)(\d)\.(.+)$")
@@ -234,7 +234,7 @@ class ExportSpec:
     """What differs between the exports of two bundles.
 
     Args:
-        bundle: folder name of the source bundle under ``bundles/``.
+        bundle: folder name of the source bundle under ``bundles/`` (the dataset's, :mod:`mnms_groupdistil.registry`).
         settings: ids of the source ``inference.json`` whose values come from the run's recorded settings.
         input_channel_def: channel meaning written to ``network_data_format`` (one entry per input channel).
         readme: ``(settings, metrics, figures) -> str``: the dataset-specific part of ``docs/README.md``.
@@ -276,7 +276,7 @@ for DICOM input, votes and mean probability per class) and `frame_predictions.cs
 
 
 MNMS = ExportSpec(
-    bundle="mnms_groupdistil",
+    bundle=registry.MNMS.bundle,
     settings=("network_name", "in_channels", "class_names", "image_size", "intensity_percentiles"),
     input_channel_def=lambda n: {str(i): "image" if n == 1 else f"image (copy {i + 1} of {n})" for i in range(n)},
     readme=_mnms_readme,
@@ -306,7 +306,7 @@ input folder), `prediction` and `probability_<class>` for every class.
 
 
 WATERBIRDS = ExportSpec(
-    bundle="waterbirds_groupdistil",
+    bundle=registry.WATERBIRDS.bundle,
     settings=("network_name", "in_channels", "class_names", "image_size", "resize_size"),
     input_channel_def=lambda n: {str(i): "RGB"[i] if n == 3 else f"channel {i}" for i in range(n)},
     readme=_waterbirds_readme,
@@ -443,7 +443,7 @@ def export_bundle(
         )
     settings = read_run_settings(run_dir)
     spec = spec or spec_of(settings)
-    source = Path(source_bundle) if source_bundle else BUNDLES_DIR / spec.bundle
+    source = Path(source_bundle) if source_bundle else registry.bundles_dir() / spec.bundle
     missing = [k for k in spec.settings if k not in settings]
     if missing:
         raise ValueError(f"{run_dir / 'run_config.json'} lacks the settings {missing} that inference needs.")
@@ -459,7 +459,8 @@ def export_bundle(
 
     name, num_classes, in_channels = settings["network_name"], len(settings["class_names"]), settings["in_channels"]
     image_size = int(settings["image_size"])
-    trained = load_network(build_network(name, num_classes, in_channels), run_dir / checkpoint, device="cpu")
+    student = build_network(name, num_classes, in_channels)
+    trained = load_weights(student, run_dir / checkpoint, device="cpu", setting="--checkpoint").eval()
     network_def = monai_network_def(name, num_classes, in_channels)
     network = _instantiate(network_def).eval()
     network.load_state_dict(to_monai_state_dict(name, trained.state_dict()), strict=True)

@@ -3,7 +3,7 @@
 Builds the torchvision classifiers used as teacher (ResNet) and student (DenseNet / ResNet) in
 group-robust knowledge distillation, adapts them to the number of input channels (1 for cine MRI,
 3 for Waterbirds) and classes, and optionally initialises them from a *local* ImageNet state-dict
-file. Loading trained checkpoints into a frozen teacher is :mod:`mnms_groupdistil.network_checkpoints`.
+file. Loading trained checkpoints (a frozen teacher, a student) is :mod:`mnms_groupdistil.network_checkpoints`.
 
 Nothing is ever downloaded: torchvision models are always created with ``weights=None`` and
 ImageNet weights come only from a local file: ``pretrained_path``, or the file torchvision itself
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
 from typing import Any, Callable, Union
 
 import torch
@@ -41,6 +40,8 @@ from mnms_groupdistil.network_checkpoints import (
     _is_state_dict,
     _strip_prefixes,
     _torch_load,
+    file_subject,
+    unwrap_state_dict,
 )
 
 __all__ = ["SUPPORTED_NETWORKS", "build_network", "find_imagenet_weights"]
@@ -228,8 +229,8 @@ def find_imagenet_weights(
         path_str = os.fspath(pretrained_path)
         if not os.path.isfile(path_str):
             raise CheckpointNotFoundError(
-                f"pretrained_path {path_str!r} does not exist: pass a local torchvision ImageNet state-dict file "
-                "or null (then torchvision's cache is searched, else the network starts random)."
+                f"{file_subject('pretrained_path', path_str)} does not exist: pass a local torchvision ImageNet "
+                "state-dict file or null (then torchvision's cache is searched, else the network starts random)."
             )
         logger.info("%s: ImageNet initialisation from pretrained_path %s.", key, path_str)
         return path_str
@@ -259,15 +260,11 @@ def _load_pretrained(
     pretrained_path: PathLike,
 ) -> None:
     path_str = os.fspath(pretrained_path)
-    obj = _torch_load(path_str, "pretrained_path")
-    if not _is_state_dict(obj) and isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "network"):
-            if _is_state_dict(obj.get(wrapper)):
-                obj = obj[wrapper]
-                break
+    subject = file_subject("pretrained_path", path_str)
+    obj, _ = unwrap_state_dict(_torch_load(path_str, "pretrained_path"))
     if not _is_state_dict(obj):
         raise CheckpointError(
-            f"pretrained_path {path_str!r} is not a state dict (got {_describe(obj)}); expected the "
+            f"{subject} is not a state dict (got {_describe(obj)}); expected the "
             f"output of torch.save(torchvision.models.{name}().state_dict(), path)."
         )
     src = _strip_prefixes(obj)
@@ -282,7 +279,7 @@ def _load_pretrained(
     unexpected = provided - expected
     if missing or unexpected:
         raise CheckpointError(
-            f"pretrained_path {path_str!r} does not match a torchvision {name} state dict: "
+            f"{subject} does not match a torchvision {name} state dict: "
             f"{len(missing)} missing keys {_first(missing)}, {len(unexpected)} unexpected keys "
             f"{_first(unexpected)}."
         )
@@ -308,13 +305,13 @@ def _load_pretrained(
         to_load[k] = value.to(dtype=target[k].dtype)
     if bad_shapes:
         raise CheckpointError(
-            f"pretrained_path {path_str!r} has tensors whose shapes do not match {name}: "
+            f"{subject} has tensors whose shapes do not match {name}: "
             + "; ".join(bad_shapes[:_MAX_KEYS_SHOWN])
             + (f" ... (+{len(bad_shapes) - _MAX_KEYS_SHOWN} more)" if len(bad_shapes) > _MAX_KEYS_SHOWN else "")
         )
     result = network.load_state_dict(to_load, strict=False)
     not_loaded = [k for k in result.missing_keys if not k.startswith(head_prefix) and not k.endswith(_OPTIONAL_SUFFIX)]
     if not_loaded or result.unexpected_keys:  # pragma: no cover - guarded by the checks above
-        raise CheckpointError(f"pretrained_path {path_str!r}: could not load keys {_first(not_loaded)}.")
+        raise CheckpointError(f"{subject}: could not load keys {_first(not_loaded)}.")
     skipped = sorted(k for k in src if k.startswith(head_prefix))
     logger.info("Loaded %d pretrained tensors from %s (skipped head %s).", len(to_load), path_str, skipped)

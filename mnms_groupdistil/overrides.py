@@ -6,7 +6,8 @@ bundle config calls :func:`check_command_line` first in ``initialize``: it reads
 ``python -m monai.bundle run`` command line (and of its ``--args_file``) and raises
 :class:`~mnms_groupdistil.errors.UnknownSettingError`, listing each unknown id with the closest known
 ones, before anything runs. The tools that pass overrides to the bundles (``reproduce --override``,
-``benchmark --override``) call :func:`check_overrides` with the same result.
+``benchmark --override``) read their ``ID=VALUE`` items with :func:`parse_overrides` and call
+:func:`check_overrides` with the same result.
 
 The known ids are those the merged config files define: top-level ids and ``a#b`` paths into their
 dictionaries and lists. A deliberate new id goes into an extra config file merged after the bundle's
@@ -31,7 +32,14 @@ from typing import Any
 
 from .errors import UnknownSettingError
 
-__all__ = ["check_command_line", "check_overrides", "command_line_overrides", "config_ids", "unknown_setting_problems"]
+__all__ = [
+    "check_command_line",
+    "check_overrides",
+    "command_line_overrides",
+    "config_ids",
+    "parse_overrides",
+    "unknown_setting_problems",
+]
 
 ID_SEP = "#"
 _ESCAPE = (
@@ -39,6 +47,23 @@ _ESCAPE = (
     "define it in an extra config file merged after the bundle's: "
     "--config_file \"['configs/train.json','my_settings.json']\"."
 )
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["max_epochs=1", "device=cpu"]`` -> ``{"max_epochs": 1, "device": "cpu"}``: a tool's ``--override`` items.
+
+    Values are Python literals (``1``, ``0.5``, ``False``, ``[1, 99]``, ``None``); anything else is a string.
+
+    Raises:
+        ValueError: for an item without ``=`` or with an empty id.
+    """
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--override takes ID=VALUE items (e.g. max_epochs=1), got '{item}'.")
+        overrides[key.strip()] = _literal(text)
+    return overrides
 
 
 def config_ids(config: Any, prefix: str = "") -> set[str]:
@@ -85,8 +110,9 @@ def unknown_setting_problems(known: Iterable[str], overrides: Iterable[str]) -> 
 
 
 def _closest(word: str, candidates: Sequence[str], margin: float = 0.1) -> list[str]:
-    """Up to three ``candidates`` close to ``word`` (difflib ratio >= 0.6), only those within ``margin`` of the closest."""
-    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in difflib.get_close_matches(word, candidates, 3, 0.6)]
+    """Up to three ``candidates`` close to ``word`` (difflib ratio >= 0.6), those within ``margin`` of the closest."""
+    close = difflib.get_close_matches(word, candidates, 3, 0.6)
+    scored = [(difflib.SequenceMatcher(None, word, c).ratio(), c) for c in close]
     best = max((score for score, _ in scored), default=0.0)
     return [c for score, c in scored if score >= best - margin]
 

@@ -1,16 +1,14 @@
-"""The paper's experiments and how a reproduction compares with them.
+"""How a reproduction compares with the paper's experiments.
 
-What the grid of :mod:`mnms_groupdistil.reproduce` runs per dataset (:data:`DATASETS`: bundle,
-splits, methods, the paper's figures), and pure functions over its results: one row per run
-(:func:`result_row`), mean and sample standard deviation over seeds (:func:`mean_std`), Markdown
+What the grid of :mod:`mnms_groupdistil.reproduce` runs per dataset, and the paper's figures, are
+dataset facts (:mod:`mnms_groupdistil.registry`). Here are pure functions over the grid's results:
+one row per run (:func:`result_row`), mean and sample standard deviation over seeds (:func:`mean_std`), Markdown
 tables in the shape of the paper's (:func:`paper_table`, :func:`group_table`,
 :func:`step_size_table`), the paired GroupDistil - KD difference per seed
 (:func:`paired_difference_table`), the stability study over grid cells (:func:`history_figures`,
-:func:`study_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_group_weights`,
-:func:`plot_step_sizes`). Figures in rows are fractions, as in ``metrics.json``; tables and plots
-show %.
-
-Adding a dataset is one :class:`DatasetSpec` in :data:`DATASETS`.
+:func:`study_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_step_sizes`; the group
+weights over training: :func:`mnms_groupdistil.plots.plot_group_weights`). Figures in rows are
+fractions, as in ``metrics.json``; tables and plots show %.
 """
 
 from __future__ import annotations
@@ -18,23 +16,13 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.data.waterbirds import GROUPS as WATERBIRDS_GROUPS
-from mnms_groupdistil.report import read_group_weights
+from mnms_groupdistil.plots import group_name, pyplot, save_figure
+from mnms_groupdistil.registry import ROW_METRICS, WORST, DatasetSpec, Method
 
 __all__ = [
-    "DATASETS",
-    "MEAN",
-    "MNMS",
-    "ROW_METRICS",
-    "WATERBIRDS",
-    "WORST",
-    "DatasetSpec",
-    "Method",
-    "Metric",
     "format_mean_std",
     "group_table",
     "is_finite",
@@ -42,7 +30,6 @@ __all__ = [
     "paired_difference_table",
     "paper_table",
     "plot_group_accuracy",
-    "plot_group_weights",
     "plot_step_sizes",
     "history_figures",
     "result_row",
@@ -51,183 +38,6 @@ __all__ = [
     "step_sizes_of",
     "write_csv",
 ]
-
-
-@dataclass(frozen=True)
-class Method:
-    """One method of the paper's tables: one training run per split and seed.
-
-    Attributes:
-        key: short name, also the run folder name (``teacher``, ``groupdro``, ``kd``, ``groupdistil``).
-        label: the method as the paper names it.
-        network: the network, as the paper's tables name it.
-        configs: the bundle configs merged for it, from the bundle's ``configs`` folder.
-        robust: whether it trains exponentiated-gradient group weights (``eta_w`` applies).
-        distils: whether it needs the teacher of its split and seed (``teacher_ckpt``).
-    """
-
-    key: str
-    label: str
-    network: str
-    configs: tuple[str, ...]
-    robust: bool
-    distils: bool = False
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A figure of ``metrics.json``'s ``metrics`` (a fraction).
-
-    Attributes:
-        key: its name in ``metrics.json``.
-        label: its name in tables.
-        column: its ``results.csv`` column.
-    """
-
-    key: str
-    label: str
-    column: str
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Everything the grid needs to know about one dataset's bundle and the paper's results on it.
-
-    Attributes:
-        name: dataset name used in folders and tables.
-        title: heading of its tables.
-        bundle: bundle folder name under the bundles directory.
-        splits: the splits of the paper's grid.
-        split_id: the bundle id that takes the split name; None when the bundle has one fixed split
-            (then ``splits`` is that one name, and no ``split_seed`` is passed to the bundle).
-        methods: the grid's methods, in table order; the teacher comes first.
-        teacher: key of the method whose model the distilling methods learn from.
-        sweep: key of the method that ``--group_step_sizes`` repeats with other ``eta_w``.
-        groups: group names (``test_acc_<group>`` metrics).
-        headline: the figures of the paper's table, in its column order.
-        metrics: figures of ``results.csv`` besides :data:`ROW_METRICS` and the per-group ones.
-        paper: the paper's figures in %, ``(split, method key, metric key) -> (mean, std or None)``.
-        paper_seeds: over how many seeds the paper averaged.
-        note: what the headline figures are, printed under the table.
-        group_label: what a group is called in tables and plots (``vendor``); empty for groups with
-            descriptive names (Waterbirds' ``landbird_water``).
-    """
-
-    name: str
-    title: str
-    bundle: str
-    splits: tuple[str, ...]
-    split_id: str | None
-    methods: tuple[Method, ...]
-    teacher: str
-    sweep: str
-    groups: tuple[str, ...]
-    headline: tuple[Metric, ...]
-    metrics: tuple[Metric, ...]
-    paper: Mapping[tuple[str, str, str], tuple[float, float | None]]
-    paper_seeds: int
-    note: str = ""
-    group_label: str = "group"
-
-    def method(self, key: str) -> Method:
-        for method in self.methods:
-            if method.key == key:
-                return method
-        known = ", ".join(m.key for m in self.methods)
-        raise ValueError(f"dataset {self.name} has no method '{key}' (it has {known}).")
-
-
-WORST = Metric("test_worst_group_acc", "worst-group", "worst_group")
-MEAN = Metric("test_mean_group_acc", "mean-group", "mean_group")
-
-#: Figures of every ``results.csv`` row (test data).
-ROW_METRICS = (WORST, MEAN)
-
-_MNMS_HELD_OUT = Metric("test_worst_group_acc", "held-out vendor", "worst_group")
-
-MNMS = DatasetSpec(
-    name="mnms",
-    title="M&Ms: HCM vs NOR, accuracy (%) on the held-out vendor",
-    bundle="mnms_groupdistil",
-    splits=("split1", "split2"),
-    split_id="split",
-    methods=(
-        Method("teacher", "groupDRO", "ResNet-18 (teacher)", ("train.json", "train_teacher.json"), robust=True),
-        Method("groupdro", "groupDRO", "DenseNet-121", ("train.json", "train_groupdro.json"), robust=True),
-        Method("kd", "KD", "DenseNet-121", ("train.json", "train_kd.json"), robust=False, distils=True),
-        Method("groupdistil", "GroupDistil", "DenseNet-121", ("train.json",), robust=True, distils=True),
-    ),
-    teacher="teacher",
-    sweep="groupdistil",
-    groups=("A", "C", "D"),
-    headline=(_MNMS_HELD_OUT,),
-    # patient level: majority vote over a patient's test frames
-    metrics=(
-        Metric("test_patient_worst_group_acc", "patient worst-group", "patient_worst_group"),
-        Metric("test_patient_mean_group_acc", "patient mean-group", "patient_mean_group"),
-    ),
-    paper={
-        ("split1", "teacher", _MNMS_HELD_OUT.key): (53.3, None),
-        ("split1", "groupdro", _MNMS_HELD_OUT.key): (46.7, None),
-        ("split1", "kd", _MNMS_HELD_OUT.key): (55.8, 7.0),
-        ("split1", "groupdistil", _MNMS_HELD_OUT.key): (62.8, 4.9),
-        ("split2", "teacher", _MNMS_HELD_OUT.key): (62.2, None),
-        ("split2", "groupdro", _MNMS_HELD_OUT.key): (56.2, None),
-        ("split2", "kd", _MNMS_HELD_OUT.key): (64.2, 7.4),
-        ("split2", "groupdistil", _MNMS_HELD_OUT.key): (66.5, 2.8),
-    },
-    paper_seeds=5,
-    note=(
-        "The test patients of split1 (vendor C) and split2 (vendor D) all come from the held-out vendor, "
-        "so the worst-group test accuracy is the accuracy on that vendor (test frames). "
-        "Other splits (e.g. `demo`) test every vendor: there it is the worst vendor's accuracy."
-    ),
-    group_label="vendor",
-)
-
-_ADJUSTED = Metric("test_adjusted_average_acc", "adjusted average", "adjusted_average")
-
-WATERBIRDS = DatasetSpec(
-    name="waterbirds",
-    title="Waterbirds: test accuracy (%), adjusted average and worst group",
-    bundle="waterbirds_groupdistil",
-    splits=("official",),
-    split_id=None,
-    methods=(
-        Method("teacher", "groupDRO", "ResNet-50 (teacher)", ("train.json", "train_teacher.json"), robust=True),
-        Method("erm", "ERM", "ResNet-18", ("train.json", "train_erm.json"), robust=False),
-        Method("groupdro", "groupDRO", "ResNet-18", ("train.json", "train_groupdro.json"), robust=True),
-        Method("kd", "KD", "ResNet-18", ("train.json", "train_kd.json"), robust=False, distils=True),
-        Method("groupdistil", "GroupDistil", "ResNet-18", ("train.json",), robust=True, distils=True),
-    ),
-    teacher="teacher",
-    sweep="groupdistil",
-    groups=WATERBIRDS_GROUPS,
-    headline=(_ADJUSTED, WORST),
-    metrics=(_ADJUSTED, Metric("test_average_acc", "average", "average")),
-    paper={
-        ("official", "teacher", _ADJUSTED.key): (90.9, None),
-        ("official", "teacher", WORST.key): (86.8, None),
-        ("official", "groupdro", _ADJUSTED.key): (86.0, None),
-        ("official", "groupdro", WORST.key): (79.6, None),
-        ("official", "kd", _ADJUSTED.key): (95.2, None),
-        ("official", "kd", WORST.key): (78.0, None),
-        ("official", "groupdistil", _ADJUSTED.key): (86.6, None),
-        ("official", "groupdistil", WORST.key): (81.7, None),
-    },
-    paper_seeds=3,
-    note=(
-        "Adjusted average: the per-group test accuracies weighted by the training group proportions; "
-        "worst group: the lowest per-group test accuracy. The paper gives no ERM student figure. "
-        "Figures are those of each run's reported model (`metrics.json` `selection`: by default the "
-        "epoch of best validation worst-group accuracy on the official val split; `select_by=None` "
-        "reports the last epoch)."
-    ),
-    group_label="",
-)
-
-#: The datasets the grid knows, by name.
-DATASETS: dict[str, DatasetSpec] = {MNMS.name: MNMS, WATERBIRDS.name: WATERBIRDS}
 
 
 def is_finite(value: Any) -> bool:
@@ -308,9 +118,7 @@ def history_figures(report: Mapping[str, Any], last_epochs: int = 3) -> dict[str
     return figures
 
 
-def study_table(
-    spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str, threshold: float = 0.55
-) -> list[str]:
+def study_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str, threshold: float = 0.55) -> list[str]:
     """The stability study of one split: per grid cell and method, over seeds.
 
     Columns per ``val`` and ``test``: last-epoch worst-group accuracy (mean ± std, %), the swing
@@ -394,11 +202,6 @@ def format_mean_std(mean: float | None, std: float | None, scale: float = 100.0)
     return f"{scale * mean:.1f}" if std is None else f"{scale * mean:.1f} ± {scale * std:.1f}"
 
 
-def _group_name(label: str, group: str) -> str:
-    """``"vendor A"``; the bare group name when ``label`` is empty."""
-    return f"{label} {group}".strip()
-
-
 def _rows_of(rows: Sequence[Mapping[str, Any]], split: str, key: str) -> list[Mapping[str, Any]]:
     return [r for r in rows if r["split"] == split and r["run"] == key]
 
@@ -434,7 +237,7 @@ def group_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str
     """Per-group test accuracy (%) of each method on one split, mean ± std; groups without test data left out."""
     split_rows = [r for r in rows if r["split"] == split]
     groups = [g for g in spec.groups if any(r.get(f"acc_{g}") is not None for r in split_rows)]
-    header = ["method", "network", *(_group_name(spec.group_label, g) for g in groups), "worst-group", "mean-group"]
+    header = ["method", "network", *(group_name(spec.group_label, g) for g in groups), "worst-group", "mean-group"]
     body = []
     for method in spec.methods:
         mine = _rows_of(rows, split, method.key)
@@ -506,15 +309,6 @@ def paired_difference_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]]
 # ---------------------------------------------------------------------------------- plots
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_group_accuracy(
     spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str, path: str | Path
 ) -> Path | None:
@@ -526,7 +320,7 @@ def plot_group_accuracy(
     groups = [g for g in spec.groups if any(r.get(f"acc_{g}") is not None for r in split_rows)]
     if not groups:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     width = 0.8 / len(spec.methods)
     fig, ax = plt.subplots(figsize=(4.4 + 1.6 * len(groups), 3.6))  # room for the legend beside the bars
     for i, method in enumerate(spec.methods):
@@ -536,64 +330,13 @@ def plot_group_accuracy(
         positions = [k + (i - (len(spec.methods) - 1) / 2) * width for k in range(len(groups))]
         ax.bar(positions, means, width, yerr=errors, capsize=3, label=f"{method.label} {method.network}")
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([_group_name(spec.group_label, g) for g in groups])
+    ax.set_xticklabels([group_name(spec.group_label, g) for g in groups])
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     seeds = len({r["seed"] for r in split_rows})
     fig.suptitle(f"{spec.name} {split}: per-group accuracy, mean ± std over {seeds} seed(s)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, plt, path)
-
-
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_group_weights(
-    panels: Mapping[str, Sequence[str | Path]], path: str | Path, title: str = "", group_label: str = "group"
-) -> Path | None:
-    """Group weights over training iterations: one panel per method, mean over its seeds' runs.
-
-    The shaded band spans the lowest to the highest weight among the seeds at each iteration.
-    Weights are the runs' TensorBoard ``group_weight/<group>`` scalars
-    (:func:`mnms_groupdistil.report.read_group_weights`).
-
-    Args:
-        panels: panel title -> run folders (one per seed).
-        path: the PNG to write.
-        title: figure title.
-        group_label: what a group is called in the legend.
-
-    Returns:
-        The PNG, or None when no run logged group weights.
-    """
-    series = {name: [read_group_weights(d) for d in dirs] for name, dirs in panels.items()}
-    series = {name: [s for s in runs if s] for name, runs in series.items()}
-    series = {name: runs for name, runs in series.items() if runs}
-    if not series:
-        return None
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 3.2), squeeze=False, sharey=True)
-    for ax, (name, runs) in zip(axes[0], series.items()):
-        for group in sorted({g for run in runs for g in run}):
-            per_seed = [dict(run[group]) for run in runs if group in run]
-            steps = sorted(set.intersection(*(set(p) for p in per_seed)))
-            values = [[p[s] for p in per_seed] for s in steps]
-            line = ax.plot(steps, [sum(v) / len(v) for v in values], label=_group_name(group_label, group))[0]
-            if len(per_seed) > 1:
-                low, high = [min(v) for v in values], [max(v) for v in values]
-                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("group weight")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, plt, path)
+    return save_figure(fig, plt, path)
 
 
 def plot_step_sizes(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str, path: str | Path) -> Path | None:
@@ -604,7 +347,7 @@ def plot_step_sizes(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split:
     etas = step_sizes_of([r for r in rows if r["split"] == split], spec)
     if len(etas) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.4))
     positions = list(range(len(etas)))
     for column, label, marker in (("worst_group", "worst-group", "o"), ("mean_group", "mean-group", "s")):
@@ -632,6 +375,4 @@ def plot_step_sizes(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split:
     ax.set_ylim(0, 105)
     ax.set_title(f"{spec.name} {split}: accuracy against eta_w", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, plt, path)
-
-
+    return save_figure(fig, plt, path)

@@ -52,7 +52,6 @@ group at or below 55 %, and the paired GroupDistil - KD difference.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import logging
 import math
@@ -67,26 +66,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.overrides import check_overrides
+from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.paper import (
-    DATASETS,
-    MEAN,
-    WORST,
-    DatasetSpec,
-    Method,
-    Metric,
     group_table,
     is_finite,
     paired_difference_table,
     paper_table,
     plot_group_accuracy,
-    plot_group_weights,
     plot_step_sizes,
     result_row,
     step_size_table,
     study_table,
     write_csv,
 )
+from mnms_groupdistil.plots import plot_group_weights
+from mnms_groupdistil.registry import DATASETS, MEAN, WORST, DatasetSpec, Method, Metric, bundles_dir
+from mnms_groupdistil.runs import load_metrics
 
 __all__ = [
     "Run",
@@ -95,10 +90,8 @@ __all__ = [
     "cell_name",
     "config_files",
     "scoped_config",
-    "load_metrics",
     "main",
     "parse_grid",
-    "parse_overrides",
     "plan_runs",
     "resolve_setting",
     "run_bundle",
@@ -112,7 +105,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Bundle folders of a source checkout (``<repository>/bundles``).
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+BUNDLES_DIR = bundles_dir()
 
 #: Name of the settings file written into every run folder (``--args_file`` of the bundle runner).
 RUN_ARGS = "run_args.json"
@@ -168,8 +161,8 @@ def cell_folder(settings: Mapping[str, Any]) -> str:
 def parse_grid(items: Iterable[str]) -> list[dict[str, Any]]:
     """``["batching=one_group,balanced", "lr_schedule=constant,cosine"]`` -> the cells of their product.
 
-    Each item is ``ID=VALUE,VALUE,...`` (values as in :func:`parse_overrides`); the cells are every
-    combination, the first axis varying slowest. No items give one cell without settings.
+    Each item is ``ID=VALUE,VALUE,...`` (values as in :func:`~mnms_groupdistil.overrides.parse_overrides`);
+    the cells are every combination, the first axis varying slowest. No items give one cell without settings.
 
     Raises:
         ValueError: for an item without ``=``, an empty or repeated id, or no or repeated values.
@@ -261,27 +254,6 @@ def plan_runs(
                         Run(split, seed, method, eta, folder / key, teacher, cell_name(cell), tuple(cell.items()))
                     )
     return runs
-
-
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["max_epochs=1", "device=cpu"]`` -> ``{"max_epochs": 1, "device": "cpu"}``.
-
-    Values are Python literals (``1``, ``0.5``, ``False``, ``[1, 99]``, ``None``); anything else is a string.
-
-    Raises:
-        ValueError: for an item without ``=`` or with an empty id.
-    """
-    overrides: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--override takes ID=VALUE items (e.g. max_epochs=1), got '{item}'.")
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        overrides[key.strip()] = value
-    return overrides
 
 
 #: Bundle ids the grid sets itself; an override of one of them is refused.
@@ -381,15 +353,6 @@ def resolve_setting(args: Mapping[str, Any], config_id: str) -> Any:
 
 
 # ------------------------------------------------------------------------------- running it
-
-
-def load_metrics(run_dir: str | Path) -> dict[str, Any] | None:
-    """A run's ``metrics.json``, or None when it has none (yet) or it cannot be read."""
-    path = Path(run_dir) / "metrics.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def run_state(run_dir: str | Path, max_epochs: int, required: Sequence[str] = (WORST.key,)) -> str:

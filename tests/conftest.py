@@ -1,8 +1,9 @@
-"""Fixtures shared by the test modules: one torch thread, a generated cohort, bundle runners, a process holding
-a run folder's lock.
+"""Fixtures shared by the test modules: one torch thread, a generated cohort, an untrained teacher, the bundle
+runners, a process holding a run folder's lock. Plain helpers are in ``helpers.py``.
 
-End-to-end runs of whole bundles carry ``@pytest.mark.slow`` (registered here); they still run by
-default (``pytest -m "not slow"`` leaves them out while iterating).
+Every test that trains a bundle (in this process or another) or runs several processes carries
+``@pytest.mark.slow`` (registered here); they still run by default (``pytest -m "not slow"`` leaves them
+out while iterating).
 """
 
 from __future__ import annotations
@@ -10,38 +11,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow
+from helpers import MNMS_BUNDLE, REPO, WATERBIRDS_BUNDLE, BundleRunner
 
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
-
-REPO = Path(__file__).resolve().parents[1]
-
-#: The 211230 M&Ms information CSV's header, written out here rather than imported, so that the tests
-#: that write CSVs by hand do not trust the generator.
-MNMS_RELEASE_HEADER = [
-    "",
-    "External code",
-    "Pathology",
-    "VendorName",
-    "Vendor",
-    "Centre",
-    "ED",
-    "ES",
-    "Age",
-    "Sex",
-    "Height",
-    "Weight",
-]
+from mnms_groupdistil.networks import build_network
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: end-to-end run of a whole bundle or of several processes")
+    config.addinivalue_line("markers", "slow: trains a bundle, or runs several processes")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,113 +42,26 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(write_mnms_cohort(tmp_path_factory.mktemp("bundle_data") / "MnM", preset="tiny", seed=0))
 
 
-class BundleRunner:
-    """Runs a bundle's configs in this process (``ConfigWorkflow``) or as a user does (a subprocess).
-
-    Args:
-        bundle: the bundle folder (holding ``configs/``).
-    """
-
-    def __init__(self, bundle: Path) -> None:
-        self.configs = bundle / "configs"
-        self.metadata = self.configs / "metadata.json"
-
-    def paths(self, config_files: Sequence[str | Path]) -> list[str]:
-        """Config names (``"train.json"``) or paths -> paths."""
-        return [str(c if Path(c).is_absolute() else self.configs / c) for c in config_files]
-
-    def make(
-        self,
-        config_files: Sequence[str | Path],
-        workflow_type: str | None = "train",
-        run_id: str = "run",
-        **overrides: Any,
-    ) -> ConfigWorkflow:
-        return ConfigWorkflow(
-            config_file=self.paths(config_files),
-            meta_file=str(self.metadata),
-            logging_file=False,  # the bundle's logging.conf reconfigures the root logger; not wanted in pytest
-            workflow_type=workflow_type,
-            run_id=run_id,
-            **overrides,
-        )
-
-    def run(
-        self,
-        config_files: Sequence[str | Path],
-        workflow_type: str | None = "train",
-        run_id: str = "run",
-        **overrides: Any,
-    ) -> ConfigWorkflow:
-        workflow = self.make(config_files, workflow_type=workflow_type, run_id=run_id, **overrides)
-        workflow.initialize()
-        workflow.run()
-        workflow.finalize()
-        return workflow
-
-    def cli(
-        self, run_id: str, config_files: Sequence[str | Path], timeout: float = 240, **overrides: Any
-    ) -> subprocess.CompletedProcess:
-        """``python -m monai.bundle run <run_id> --config_file [...] --<key> <value> ...`` with the
-        bundle's logging.conf, one torch thread, from the repository root; returns the finished process."""
-        command = [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            run_id,
-            "--config_file",
-            repr(self.paths(config_files)),
-            "--meta_file",
-            str(self.metadata),
-            "--logging_file",
-            str(self.configs / "logging.conf"),
-        ]
-        for key, value in overrides.items():
-            command += [f"--{key}", str(value)]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        return subprocess.run(
-            command,
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            errors="replace",
-            timeout=timeout,
-        )
-
-
-def last_lines(text: str, n: int) -> list[str]:
-    """The last ``n`` non-blank lines of ``text`` (what a user reads last of a command's output)."""
-    return [line for line in text.splitlines() if line.strip()][-n:]
-
-
-#: The line before the message of an error the user fixes (``mnms_groupdistil.errors.report_errors``).
-REPORTED = "The run cannot go on:"
-
-
-def refused(proc: subprocess.CompletedProcess, lines: int) -> list[str]:
-    """The last ``lines`` lines of a command that ended on a reported error, checked: exit status 1, no
-    traceback, and :data:`REPORTED` just before them."""
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 1, output[-3000:]
-    assert "Traceback" not in output and "Failed to evaluate" not in output, output[-3000:]
-    last = last_lines(proc.stderr, lines + 1)
-    assert last[0] == REPORTED, last
-    return last[1:]
+@pytest.fixture(scope="session")
+def untrained_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The weights of an untrained M&Ms teacher (ResNet-18, one input channel, seed 0): a ``teacher_ckpt`` for
+    runs that need one to start but not a trained one."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("untrained_teacher") / "teacher.pt"
+    torch.save(build_network("resnet18", num_classes=2, in_channels=1).state_dict(), path)
+    return path
 
 
 @pytest.fixture(scope="session")
 def bundle() -> BundleRunner:
     """Runner for ``bundles/mnms_groupdistil``."""
-    return BundleRunner(REPO / "bundles" / "mnms_groupdistil")
+    return MNMS_BUNDLE
 
 
 @pytest.fixture(scope="session")
 def waterbirds_bundle() -> BundleRunner:
     """Runner for ``bundles/waterbirds_groupdistil``."""
-    return BundleRunner(REPO / "bundles" / "waterbirds_groupdistil")
+    return WATERBIRDS_BUNDLE
 
 
 _HOLD_LOCK = (

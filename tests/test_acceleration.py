@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import CONFIGS, MNMS_BUNDLE, TINY_MNMS
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
 from mnms_groupdistil.acceleration import (
     AutocastInferer,
@@ -20,14 +19,9 @@ from mnms_groupdistil.acceleration import (
     to_device,
 )
 from mnms_groupdistil.batch_augment import AugmentOnDevice
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.networks import build_network
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
 TRAIN = str(CONFIGS / "train.json")
-METADATA = str(CONFIGS / "metadata.json")
-TINY = {"split": "demo", "max_epochs": 1, "batch_size": 4, "image_size": 32, "frames_per_patient": 2,
-        "num_workers": 0, "device": "cpu"}  # fmt: skip
 
 
 def test_autocast_dtype_choices():
@@ -93,35 +87,19 @@ def test_autocast_inferer_runs_bfloat16_on_cpu():
 # ------------------------------------------------------------------------------ bundle wiring
 
 
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory):
-    return write_mnms_cohort(tmp_path_factory.mktemp("accel") / "MnM", preset="tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
-def teacher_ckpt(tmp_path_factory):
-    path = tmp_path_factory.mktemp("accel_teacher") / "teacher.pt"
-    torch.save(build_network("resnet18", 2, 1).state_dict(), path)
-    return path
-
-
 def workflow(cohort, teacher_ckpt, out, **overrides):
-    wf = ConfigWorkflow(
-        config_file=[TRAIN],
-        meta_file=str(METADATA),
-        logging_file=False,
-        workflow_type="train",
-        **{**TINY, "dataset_dir": str(cohort), "output_dir": str(out), "teacher_ckpt": str(teacher_ckpt), **overrides},
-    )
+    settings = {**TINY_MNMS, "dataset_dir": str(cohort), "output_dir": str(out), "teacher_ckpt": str(teacher_ckpt)}
+    wf = MNMS_BUNDLE.make([TRAIN], **{**settings, **overrides})
     wf.initialize()
     return wf
 
 
-def test_bundle_trains_in_bfloat16_channels_last_on_cpu(cohort, teacher_ckpt, tmp_path):
+@pytest.mark.slow
+def test_bundle_trains_in_bfloat16_channels_last_on_cpu(cohort, untrained_teacher, tmp_path):
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        wf = workflow(cohort, teacher_ckpt, tmp_path, amp=True, channels_last=True, network_name="resnet18")
+        wf = workflow(cohort, untrained_teacher, tmp_path, amp=True, channels_last=True, network_name="resnet18")
         trainer = wf.parser.get_parsed_content("train#trainer")
         teacher = wf.parser.get_parsed_content("teacher")
         dtypes = []
@@ -140,8 +118,8 @@ def test_bundle_trains_in_bfloat16_channels_last_on_cpu(cohort, teacher_ckpt, tm
     assert int(state["group_weights"]["num_updates"]) == trainer.state.iteration
 
 
-def test_bundle_loader_options(cohort, teacher_ckpt, tmp_path):
-    wf = workflow(cohort, teacher_ckpt, tmp_path, num_workers=1, compile=True, network_name="resnet18")
+def test_bundle_loader_options(cohort, untrained_teacher, tmp_path):
+    wf = workflow(cohort, untrained_teacher, tmp_path, num_workers=1, compile=True, network_name="resnet18")
     loader = wf.parser.get_parsed_content("train#dataloader")
     assert loader.num_workers == 1 and loader.persistent_workers and not loader.pin_memory
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -167,8 +145,9 @@ def test_bundle_pins_memory_for_cuda():
     assert parsed("num_workers") == default_num_workers()
 
 
-def test_bundle_rotates_and_flips_on_the_device(cohort, teacher_ckpt, tmp_path):
-    wf = workflow(cohort, teacher_ckpt, tmp_path, augment_on_device=True, network_name="resnet18")
+@pytest.mark.slow
+def test_bundle_rotates_and_flips_on_the_device(cohort, untrained_teacher, tmp_path):
+    wf = workflow(cohort, untrained_teacher, tmp_path, augment_on_device=True, network_name="resnet18")
     names = [type(t).__name__ for t in wf.parser.get_parsed_content("train#preprocessing").transforms]
     assert "RandRotated" not in names and "RandFlipd" not in names  # not also on the CPU
     trainer = wf.parser.get_parsed_content("train#trainer")
@@ -186,7 +165,7 @@ def test_bundle_rotates_and_flips_on_the_device(cohort, teacher_ckpt, tmp_path):
     # the teacher sees exactly the augmented images the student sees, and they differ from the loaded ones
     assert all(torch.equal(s, t) for s, t in zip(student_inputs, teacher_inputs))
     assert any(not torch.allclose(s, b, atol=1e-4) for s, b in zip(student_inputs, loaded))
-    default = workflow(cohort, teacher_ckpt, tmp_path / "cpu", network_name="resnet18")
+    default = workflow(cohort, untrained_teacher, tmp_path / "cpu", network_name="resnet18")
     names = [type(t).__name__ for t in default.parser.get_parsed_content("train#preprocessing").transforms]
     assert "RandRotated" in names and "RandFlipd" in names
     assert not isinstance(default.parser.get_parsed_content("train#trainer").prepare_batch, AugmentOnDevice)

@@ -9,13 +9,11 @@ second busy process on a 2-core machine, two intra-op threads make each iteratio
 from __future__ import annotations
 
 import csv
-import importlib
 import json
 import math
 import re
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +21,24 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import last_lines, refused
+from helpers import (
+    CONFIGS,
+    TINY_MNMS,
+    config_problems,
+    exception_chain,
+    last_lines,
+    merged_config,
+    refused,
+    tensorboard_scalars,
+    walk,
+)
 from monai.bundle import ConfigParser
-from monai.bundle.config_item import ComponentLocator
-from monai.bundle.reference_resolver import ReferenceResolver
-from monai.utils.module import locate
 
-from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError
+from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError, load_mnms_cohort, select_split
 from mnms_groupdistil.data.synthetic import write_mnms_cohort
 from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.network_checkpoints import CheckpointNotFoundError
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLE = REPO / "bundles" / "mnms_groupdistil"
-CONFIGS = BUNDLE / "configs"
 TRAIN = str(CONFIGS / "train.json")
 TEACHER = str(CONFIGS / "train_teacher.json")
 KD = str(CONFIGS / "train_kd.json")
@@ -57,31 +59,12 @@ CONFIG_COMBINATIONS = {
     "inference": [str(CONFIGS / "inference.json")],
 }
 
-# tiny settings: one epoch, 32 px frames, 2 frames per patient, everything in this process on the CPU
-TINY: dict[str, Any] = {
-    "split": "demo",
-    "max_epochs": 1,
-    "batch_size": 4,
-    "image_size": 32,
-    "frames_per_patient": 2,
-    "num_workers": 0,
-    "device": "cpu",
-    "log_interval": 1,  # every iteration in TensorBoard, so that the tests can count them
-}
+#: The tiny run, every iteration in TensorBoard (so that the tests can count them).
+SETTINGS: dict[str, Any] = {**TINY_MNMS, "log_interval": 1}
 GROUPS = ("A", "C", "D")
 
 
 # ----------------------------------------------------------------------------------- helpers
-
-
-def exception_chain(err: BaseException) -> list[BaseException]:
-    """``err`` and every exception it was raised from (``__cause__``) or during (``__context__``)."""
-    chain, seen = [], set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    return chain
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -93,21 +76,6 @@ def group_weights_of(checkpoint: dict) -> tuple[torch.Tensor, int]:
     return state["log_weights"].exp(), int(state["num_updates"])
 
 
-def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """All scalars of all event files in ``run_dir`` (trainer and evaluator write separate files)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    files = sorted(run_dir.glob("events.out.tfevents.*"))
-    assert files, f"no TensorBoard event files in {run_dir}"
-    for file in files:
-        acc = EventAccumulator(str(file), size_guidance={"scalars": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend((e.step, e.value) for e in acc.Scalars(tag))
-    return scalars
-
-
 # ------------------------------------------------------------------------ session fixtures
 
 
@@ -115,7 +83,7 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def teacher_dir(bundle, cohort, tmp_path_factory) -> Path:
     """groupDRO ResNet-18 teacher (train.json + train_teacher.json), trained once."""
     out = tmp_path_factory.mktemp("teacher")
-    bundle.run([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **TINY)
+    bundle.run([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **SETTINGS)
     return out
 
 
@@ -131,7 +99,8 @@ def student_dirs(bundle, cohort, teacher_dir, tmp_path_factory) -> dict[str, Pat
     dirs = {"teacher": teacher_dir}
     for mode, (configs, extra) in runs.items():
         out = tmp_path_factory.mktemp(mode)
-        bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=teacher_ckpt, **TINY, **extra)
+        settings = {**SETTINGS, **extra}
+        bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=teacher_ckpt, **settings)
         dirs[mode] = out
     return dirs
 
@@ -147,7 +116,7 @@ def evaluation(bundle, cohort, student_dirs) -> dict:
         dataset_dir=str(cohort),
         output_dir=str(out),
         teacher_ckpt=str(student_dirs["teacher"] / "model_final.pt"),
-        **TINY,
+        **SETTINGS,
     )
     path = out / "evaluation.json"
     assert path.is_file(), "evaluate.json did not write evaluation.json"
@@ -216,82 +185,6 @@ def test_metadata_has_required_fields():
 
 # ---------------------------------------------------------------- 2. references and targets
 
-EXPR_NAME = re.compile(r"(?<![\w.@#])((?:mnms_groupdistil|monai|torch|os|glob|ignite)(?:\.[A-Za-z_]\w*)+)")
-
-
-def _walk(config: Any, path: str = "") -> Iterator[tuple[str, Any]]:
-    yield path, config
-    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else ()
-    for key, value in items:
-        yield from _walk(value, f"{path}#{key}" if path else str(key))
-
-
-def _locate_target(name: str) -> Any:
-    """Resolve a ``_target_`` the way ``ConfigComponent`` does (short MONAI names via ComponentLocator)."""
-    module = ComponentLocator().get_component_module_name(name)
-    if isinstance(module, list):
-        module = module[0]
-    return locate(f"{module}.{name}" if module else name)
-
-
-def _locate_expression_name(dotted: str) -> None:
-    """Resolve ``a.b.c`` used in an expression: import the longest module prefix, then getattr the rest."""
-    parts = dotted.split(".")
-    for cut in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attr in parts[cut:]:
-            obj = getattr(obj, attr)
-        return
-    raise ImportError(dotted)
-
-
-def config_problems(config: dict) -> list[str]:
-    """Every dangling ``@`` reference / ``%`` macro, unimportable ``_target_``, ``$import`` or dotted name."""
-    parser = ConfigParser(config)
-    problems = []
-    for path, value in _walk(parser.get()):
-        if isinstance(value, dict) and "_target_" in value:
-            target = value["_target_"]
-            try:
-                obj = _locate_target(target)
-                if not callable(obj):
-                    problems.append(f"{path}: _target_ {target!r} is not callable")
-            except Exception as err:  # noqa: BLE001
-                problems.append(f"{path}: _target_ {target!r} cannot be located ({type(err).__name__}: {err})")
-        if not isinstance(value, str):
-            continue
-        if value.startswith("%"):
-            file, macro_id = ConfigParser.split_path_id(value[1:])
-            source = ConfigParser(ConfigParser.load_config_file(file)) if file else parser
-            if macro_id not in source:
-                problems.append(f"{path}: macro {value!r} names no id")
-        if value.startswith(("@", "$")):
-            for ref in ReferenceResolver.match_refs_pattern(ConfigParser.resolve_relative_ids(path, value)):
-                if ref not in parser:
-                    problems.append(f"{path}: reference @{ref} names no id")
-        if value.startswith("$import "):
-            for module in value[len("$import ") :].split(","):
-                try:
-                    importlib.import_module(module.split(" as ")[0].strip())
-                except ImportError as err:
-                    problems.append(f"{path}: {value!r} fails ({err})")
-        elif value.startswith("$"):
-            for dotted in EXPR_NAME.findall(value):
-                try:
-                    _locate_expression_name(dotted)
-                except Exception as err:  # noqa: BLE001
-                    problems.append(f"{path}: {dotted} in {value!r} cannot be resolved ({type(err).__name__})")
-    return problems
-
-
-def merged_config(files: list[str]) -> dict:
-    parser = ConfigParser()
-    parser.read_config(files)
-    return parser.get()
-
 
 @pytest.mark.parametrize("name", list(CONFIG_COMBINATIONS))
 def test_references_macros_and_targets_resolve(name):
@@ -303,7 +196,7 @@ def test_process_group_is_started_by_an_explicit_step_only():
     for name in ("train+multi_gpu", "train+evaluate+multi_gpu"):
         config = merged_config(CONFIG_COMBINATIONS[name])
         assert config["distributed"] is True
-        starts = [path for path, value in _walk(config) if isinstance(value, str) and "distributed.setup(" in value]
+        starts = [path for path, value in walk(config) if isinstance(value, str) and "distributed.setup(" in value]
         assert starts and all(path.startswith("initialize#") for path in starts), (name, starts)
         assert "init_process_group" not in json.dumps(config)
 
@@ -330,14 +223,14 @@ def test_reference_check_catches_typos():
 # ------------------------------------------------------------------------------ 3. properties
 
 
-def test_train_workflow_has_required_properties(bundle, cohort, teacher_dir, tmp_path):
+def test_train_workflow_has_required_properties(bundle, cohort, untrained_teacher, tmp_path):
     workflow = bundle.make(
         [TRAIN],
         dataset_dir=str(cohort),
         output_dir=str(tmp_path / "out"),
-        teacher_ckpt=str(teacher_dir / "model_final.pt"),
+        teacher_ckpt=str(untrained_teacher),
         network_name="resnet18",
-        **TINY,
+        **SETTINGS,
     )
     workflow.initialize()  # property values are parsed from the config, which needs the data
     # MONAI's check of the optional "evaluator"/"val_interval" properties reads h["_target_"] for every
@@ -355,6 +248,7 @@ def test_train_workflow_has_required_properties(bundle, cohort, teacher_dir, tmp
 # ---------------------------------------------------------------------------- 4. end to end
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["teacher", "groupdistil", "kd", "groupdro"])
 def test_run_outputs(student_dirs, mode):
     out = student_dirs[mode]
@@ -401,6 +295,7 @@ def test_run_outputs(student_dirs, mode):
     assert checkpoint["metrics_report"]["history"] == metrics["history"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["teacher", "groupdistil", "kd", "groupdro"])
 def test_tensorboard_scalars(student_dirs, mode):
     scalars = tensorboard_scalars(student_dirs[mode])
@@ -418,6 +313,7 @@ def test_tensorboard_scalars(student_dirs, mode):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["teacher", "groupdistil", "groupdro"])
 def test_robust_modes_update_group_weights(student_dirs, mode):
     checkpoint = load_checkpoint(student_dirs[mode] / "checkpoint_final.pt")
@@ -428,6 +324,7 @@ def test_robust_modes_update_group_weights(student_dirs, mode):
     assert num_updates == checkpoint["trainer"]["iteration"]
 
 
+@pytest.mark.slow
 def test_kd_keeps_group_weights_uniform(student_dirs):
     checkpoint = load_checkpoint(student_dirs["kd"] / "checkpoint_final.pt")
     weights, num_updates = group_weights_of(checkpoint)
@@ -435,6 +332,7 @@ def test_kd_keeps_group_weights_uniform(student_dirs):
     assert num_updates == 0
 
 
+@pytest.mark.slow
 def test_evaluate_writes_evaluation_json(evaluation, student_dirs):
     out = student_dirs["groupdistil"]
     assert Path(evaluation["checkpoint"]) == out / "model_final.pt"  # the last epoch's model by default
@@ -471,10 +369,11 @@ def cohort_without_csv(cohort, tmp_path) -> Path:
 
 
 @pytest.fixture()
-def cohort_missing_image(cohort, teacher_dir, tmp_path) -> tuple[Path, str]:
+def cohort_missing_image(cohort, tmp_path) -> tuple[Path, str]:
+    """A copy of the cohort without the image of a training subject of the demo split (split_seed 0)."""
     data = tmp_path / "missing" / "MnM"
     shutil.copytree(cohort, data)
-    subject = json.loads((teacher_dir / "split.json").read_text())["subjects"]["train"][0]
+    subject = select_split(load_mnms_cohort(cohort), "demo", split_seed=0)["train"][0]["subject"]
     images = list(data.rglob(f"{subject}_sa.nii.gz"))
     assert len(images) == 1
     images[0].unlink()
@@ -490,8 +389,7 @@ def _initialize_error(bundle, config_files: list[str], **overrides: Any) -> Base
 
 def test_missing_csv_gives_clear_error(bundle, cohort_without_csv, tmp_path):
     err = _initialize_error(
-        bundle,
-        [TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **TINY
+        bundle, [TRAIN, TEACHER], dataset_dir=str(cohort_without_csv), output_dir=str(tmp_path / "o"), **SETTINGS
     )
     data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
     assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
@@ -500,7 +398,7 @@ def test_missing_csv_gives_clear_error(bundle, cohort_without_csv, tmp_path):
 
 def test_missing_subject_image_gives_clear_error(bundle, cohort_missing_image, tmp_path):
     data, subject = cohort_missing_image
-    err = _initialize_error(bundle, [TRAIN, TEACHER], dataset_dir=str(data), output_dir=str(tmp_path / "o"), **TINY)
+    err = _initialize_error(bundle, [TRAIN, TEACHER], dataset_dir=str(data), output_dir=str(tmp_path / "o"), **SETTINGS)
     data_errors = [e for e in exception_chain(err) if isinstance(e, MnMsDataError)]
     assert data_errors, f"no MnMsDataError in {exception_chain(err)!r}"
     message = str(data_errors[0])
@@ -530,7 +428,7 @@ def test_cli_ends_with_the_problem_list(bundle, cohort_missing_image, tmp_path):
 @pytest.mark.slow
 def test_cli_refuses_a_mistyped_mode(bundle, cohort, tmp_path):
     proc = bundle.cli(
-        "training", [TRAIN], dataset_dir=cohort, output_dir=tmp_path / "o", mode="groupdistill", **TINY
+        "training", [TRAIN], dataset_dir=cohort, output_dir=tmp_path / "o", mode="groupdistill", **SETTINGS
     )
     assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
     last = last_lines(proc.stderr, 1)[0]
@@ -540,7 +438,7 @@ def test_cli_refuses_a_mistyped_mode(bundle, cohort, tmp_path):
 
 def test_mistyped_mode_stops_before_training(bundle, cohort, tmp_path):
     err = _initialize_error(
-        bundle, [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"), mode="ERM", **TINY
+        bundle, [TRAIN], dataset_dir=str(cohort), output_dir=str(tmp_path / "o"), mode="ERM", **SETTINGS
     )
     input_errors = [e for e in exception_chain(err) if isinstance(e, InputError)]
     assert input_errors and "valid modes: erm, groupdro, kd, groupdistil" in str(input_errors[0])
@@ -558,7 +456,7 @@ def test_missing_teacher_checkpoint_mentions_teacher_ckpt(bundle, cohort, tmp_pa
         output_dir=str(tmp_path / "o"),
         teacher_ckpt=str(missing),
         network_name="resnet18",
-        **TINY,
+        **SETTINGS,
     )
     chain = exception_chain(err)
     not_found = [e for e in chain if isinstance(e, CheckpointNotFoundError)]
@@ -566,7 +464,19 @@ def test_missing_teacher_checkpoint_mentions_teacher_ckpt(bundle, cohort, tmp_pa
     assert "teacher_ckpt" in str(not_found[0]) and str(missing) in str(not_found[0])
 
 
-def test_groupdro_student_needs_no_teacher(bundle, cohort, teacher_dir, tmp_path):
+def test_a_distilled_run_records_its_teacher_checkpoint(bundle, cohort, untrained_teacher, tmp_path, monkeypatch):
+    """run_config.json names the teacher a student was distilled from, as an absolute path (given here relative
+    to the working folder); a run without a teacher records none."""
+    monkeypatch.chdir(untrained_teacher.parent)
+    for configs, recorded in (([TRAIN, KD], str(untrained_teacher)), ([TRAIN, GROUPDRO], None)):
+        out = tmp_path / Path(configs[-1]).stem
+        settings = {**SETTINGS, "network_name": "resnet18", "teacher_ckpt": untrained_teacher.name}
+        workflow = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(out), **settings)
+        workflow.initialize()
+        assert json.loads((out / "run_config.json").read_text())["settings"]["teacher_ckpt"] == recorded
+
+
+def test_groupdro_student_needs_no_teacher(bundle, cohort, tmp_path):
     """groupDRO needs no teacher: a missing teacher_ckpt does not matter there."""
     workflow = bundle.make(
         [TRAIN, GROUPDRO],
@@ -574,7 +484,7 @@ def test_groupdro_student_needs_no_teacher(bundle, cohort, teacher_dir, tmp_path
         output_dir=str(tmp_path / "o"),
         teacher_ckpt=str(tmp_path / "none.pt"),
         network_name="resnet18",
-        **TINY,
+        **SETTINGS,
     )
     workflow.initialize()
     assert workflow.parser.get_parsed_content("teacher") is None
@@ -583,7 +493,7 @@ def test_groupdro_student_needs_no_teacher(bundle, cohort, teacher_dir, tmp_path
 def test_generalization_adjustment_uses_training_frame_counts(bundle, cohort, tmp_path):
     """``--group_adjustment C`` adds C / sqrt(n_d) to group d's loss, n_d = training frames of vendor d."""
     workflow = bundle.make(
-        [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "adj"), group_adjustment=2.0, **TINY
+        [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "adj"), group_adjustment=2.0, **SETTINGS
     )
     workflow.initialize()
     weights = workflow.parser.get_parsed_content("group_weights")
@@ -596,6 +506,7 @@ def test_generalization_adjustment_uses_training_frame_counts(bundle, cohort, tm
 INFERENCE = str(CONFIGS / "inference.json")
 
 
+@pytest.mark.slow
 def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs, tmp_path, caplog):
     """inference.json alone on a folder of raw volumes (no CSV, no labels), with the GroupDistil student.
 
@@ -615,7 +526,7 @@ def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs
             num_workers=0,
             device="cpu",
         )
-    assert workflow.parser.get_parsed_content("image_size") == TINY["image_size"]
+    assert workflow.parser.get_parsed_content("image_size") == SETTINGS["image_size"]
     assert workflow.parser.get_parsed_content("ckpt_path").endswith("model_final.pt")
     with open(tmp_path / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -631,6 +542,7 @@ def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs
     assert f"classified {len(volumes)} volumes ({frames} frames) in" in caplog.text and "volumes/s" in caplog.text
 
 
+@pytest.mark.slow
 def test_inference_refuses_settings_other_than_the_run_s(bundle, cohort, student_dirs, tmp_path):
     err = _initialize_error(
         bundle,
@@ -662,6 +574,7 @@ def test_inference_preprocessing_equals_the_evaluation_s(cohort):
     torch.testing.assert_close(actual["image"], expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_monai_tools_work_on_inference_json_alone(student_dirs, tmp_path):
     """verify_net_in_out and ckpt_export need only inference.json and metadata.json, as in the model zoo."""
     from monai.bundle import ckpt_export, verify_net_in_out
@@ -674,11 +587,12 @@ def test_monai_tools_work_on_inference_json_alone(student_dirs, tmp_path):
         key_in_ckpt="",
         meta_file=str(METADATA),
         config_file=INFERENCE,
-        image_size=TINY["image_size"],
+        image_size=SETTINGS["image_size"],
     )
     assert torch.jit.load(str(tmp_path / "student.ts"))(torch.rand(2, 1, 32, 32)).shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
     """MONAI's ckpt_export / onnx_export commands on network_def give the trained student's outputs."""
     import onnxruntime
@@ -716,6 +630,7 @@ def test_torchscript_and_onnx_export_match_the_student(student_dirs, tmp_path):
     np.testing.assert_allclose(onnx_out, expected.numpy(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_inference_config_has_the_properties_monai_tools_look_for(bundle, cohort, student_dirs, tmp_path):
     workflow = bundle.make(
         [INFERENCE],
@@ -733,7 +648,7 @@ def test_inference_config_has_the_properties_monai_tools_look_for(bundle, cohort
 
 
 def _initialized(bundle, cohort: Path, out: Path, **overrides: Any):
-    workflow = bundle.make([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **{**TINY, **overrides})
+    workflow = bundle.make([TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(out), **{**SETTINGS, **overrides})
     workflow.initialize()
     return workflow
 
@@ -770,8 +685,7 @@ def test_test_frames_options(bundle, cohort, tmp_path):
     every = _initialized(bundle, cohort, tmp_path / "all", test_frames="all")
     assert every.parser.get_parsed_content("test#frames") == all_frames(test)
     err = _initialize_error(
-        bundle,
-        [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "x"), **TINY, test_frames="ED"
+        bundle, [TRAIN, TEACHER], dataset_dir=str(cohort), output_dir=str(tmp_path / "x"), **SETTINGS, test_frames="ED"
     )
     # an InputError: a bundle run ends with this line (mnms_groupdistil.errors.report_errors)
     messages = [str(e) for e in exception_chain(err) if isinstance(e, InputError)]
@@ -781,7 +695,7 @@ def test_test_frames_options(bundle, cohort, tmp_path):
         [TRAIN, TEACHER],
         dataset_dir=str(cohort),
         output_dir=str(tmp_path / "y"),
-        **TINY,
+        **SETTINGS,
         val_fraction=1.0,
     )
     messages = [str(e) for e in exception_chain(err) if isinstance(e, InputError)]
@@ -797,7 +711,7 @@ def small_cohort(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_validation_set_selects_model_pt_and_reports_that_epochs_test_figures(bundle, small_cohort, tmp_path):
     out = tmp_path / "val"
-    settings = {**TINY, "max_epochs": 2, "val_fraction": 0.25, "test_frames_per_patient": 4}
+    settings = {**SETTINGS, "max_epochs": 2, "val_fraction": 0.25, "test_frames_per_patient": 4}
     workflow = bundle.make([TRAIN, TEACHER], dataset_dir=str(small_cohort), output_dir=str(out), **settings)
     workflow.initialize()
     assert workflow.check_properties() == []
@@ -838,7 +752,7 @@ def test_validation_set_selects_model_pt_and_reports_that_epochs_test_figures(bu
         network_name="resnet18",  # the teacher configuration's network
         val_fraction=0.25,
         test_frames_per_patient=4,
-        **TINY,
+        **SETTINGS,
     )
     evaluation = json.loads((out / "evaluation.json").read_text())
     for key, value in evaluation["metrics"].items():
@@ -854,7 +768,7 @@ def test_a_model_learns_the_task(bundle, small_cohort, tmp_path):
     frame) at the first. It took 40-57 s on that machine, which other jobs shared.
     """
     out = tmp_path / "erm"
-    settings = {**TINY, "max_epochs": 6, "batch_size": 16, "frames_per_patient": 8, "test_frames_per_patient": 8}
+    settings = {**SETTINGS, "max_epochs": 6, "batch_size": 16, "frames_per_patient": 8, "test_frames_per_patient": 8}
     settings.update(network_name="resnet18", learning_rate=0.001)
     bundle.run([TRAIN, ERM], dataset_dir=str(small_cohort), output_dir=str(out), **settings)
     metrics = json.loads((out / "metrics.json").read_text())

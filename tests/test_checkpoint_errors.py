@@ -8,13 +8,10 @@ import os
 
 import pytest
 import torch
-from conftest import refused
+from helpers import TINY_MNMS, refused
 
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_lock import LOCK_NAME
-
-TINY = {"split": "demo", "max_epochs": 1, "batch_size": 4, "image_size": 32, "frames_per_patient": 2}
-CPU = {"num_workers": 0, "device": "cpu"}
 
 
 class _Payload:
@@ -51,10 +48,10 @@ BAD_TEACHERS = {
 def test_a_bad_teacher_checkpoint_ends_on_its_message(bundle, cohort, tmp_path, kind):
     teacher = _teacher_file(tmp_path, kind)
     proc = bundle.cli(
-        "training", ["train.json"], dataset_dir=cohort, output_dir=tmp_path / "o", teacher_ckpt=teacher, **TINY, **CPU
+        "training", ["train.json"], dataset_dir=cohort, output_dir=tmp_path / "o", teacher_ckpt=teacher, **TINY_MNMS
     )
     (line,) = refused(proc, 1)
-    assert line.startswith(f"teacher_ckpt '{teacher}' ") and BAD_TEACHERS[kind] in line, line
+    assert line.startswith(f"teacher checkpoint teacher_ckpt '{teacher}' ") and BAD_TEACHERS[kind] in line, line
     assert not (tmp_path / "ran").exists()  # the payload did not run
     assert not (tmp_path / "o" / "run_config.json").exists() and not (tmp_path / "o" / LOCK_NAME).exists()
 
@@ -68,9 +65,9 @@ def test_evaluation_refuses_a_checkpoint_with_a_pickle_payload(bundle, cohort, t
         dataset_dir=cohort,
         output_dir=tmp_path,
         ckpt_path=model,
-        **TINY,
-        **CPU,
+        **TINY_MNMS,
     )
     (line,) = refused(proc, 1)
-    assert line.startswith(f"ckpt_path '{model}' is refused: it holds Python objects other than tensors"), line
+    subject = f"network checkpoint ckpt_path '{model}'"
+    assert line.startswith(f"{subject} is refused: it holds Python objects other than tensors"), line
     assert not (tmp_path / "ran").exists()

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from helpers import CONFIGS
 from monai.bundle import ConfigWorkflow
 
 from mnms_groupdistil.dicom import LoadDicomCine, dicom_series_info, vendor_code
 from mnms_groupdistil.inference import LoadCineInputd, find_cine_volumes
 from mnms_groupdistil.networks import build_network
 
-INFERENCE = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs" / "inference.json"
+INFERENCE = CONFIGS / "inference.json"
 
 
 def write_dicom_series(folder: Path, volume: np.ndarray, manufacturer: str, series_uid: str = "1.2.826.0.1.99.1"):

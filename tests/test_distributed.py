@@ -39,6 +39,7 @@ def _worker(rank, world_size, port, results):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_all_ranks_hold_the_weights_of_the_global_batch():
     manager = mp.Manager()
     results = manager.dict()

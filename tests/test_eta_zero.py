@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_MNMS
 
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights
 from mnms_groupdistil.networks import build_network
@@ -59,28 +60,10 @@ def test_one_group_batch_is_kd_scaled_by_one_over_g():
 # --------------------------------------------------------------------- through the bundle
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    """An untrained ResNet-18 teacher: both students distil from the same fixed network."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("eta_zero") / "teacher.pt"
-    torch.save(build_network("resnet18", num_classes=2, in_channels=1).state_dict(), path)
-    return path
-
-
 def train(bundle, cohort: Path, teacher: Path, out: Path, configs: list[str], **overrides) -> dict[str, torch.Tensor]:
     """Train through the bundle's configs (2 epochs, 16 px, 4 frames per patient); the final network."""
-    settings = {
-        "split": "demo",
-        "max_epochs": 2,
-        "image_size": 16,
-        "frames_per_patient": 4,
-        "num_workers": 0,
-        "device": "cpu",
-        "network_name": "resnet18",
-        "batching": "mixed",
-        **overrides,
-    }
+    settings = {**TINY_MNMS, "max_epochs": 2, "image_size": 16, "frames_per_patient": 4, "network_name": "resnet18"}
+    settings = {**settings, "batching": "mixed", **overrides}
     bundle.run(configs, dataset_dir=str(cohort), output_dir=str(out), teacher_ckpt=str(teacher), **settings)
     return torch.load(out / "model_final.pt", map_location="cpu", weights_only=True)
 
@@ -91,13 +74,15 @@ def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
 
 
 @pytest.mark.slow
-def test_eta_zero_trains_kd_exactly_on_balanced_batches(bundle, cohort, teacher, tmp_path):
+def test_eta_zero_trains_kd_exactly_on_balanced_batches(bundle, cohort, untrained_teacher, tmp_path):
     # the "tiny" cohort's demo split trains on one patient per vendor and class: 2 per vendor, 8 frames each;
     # one batch of 64 holds all 24 training frames, so every batch is balanced over the 3 vendors
-    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], batch_size=64)
+    kd = train(bundle, cohort, untrained_teacher, tmp_path / "kd", ["train.json", "train_kd.json"], batch_size=64)
     split = json.loads((tmp_path / "kd" / "split.json").read_text())
     assert Counter(r["vendor"] for r in split["train"]) == {"A": 2, "C": 2, "D": 2}
-    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], batch_size=64, group_step_size=0.0)
+    eta0 = train(
+        bundle, cohort, untrained_teacher, tmp_path / "eta0", ["train.json"], batch_size=64, group_step_size=0.0
+    )
     checkpoint = torch.load(tmp_path / "eta0" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert torch.equal(checkpoint["group_weights"]["log_weights"], GroupWeights(3, 0.0).log_weights)
     assert max_difference(kd, eta0) < 1e-5
@@ -111,18 +96,20 @@ def test_eta_zero_trains_kd_exactly_on_balanced_batches(bundle, cohort, teacher,
 
 
 @pytest.mark.slow
-def test_eta_zero_is_not_kd_on_unbalanced_batches(bundle, cohort, teacher, tmp_path):
+def test_eta_zero_is_not_kd_on_unbalanced_batches(bundle, cohort, untrained_teacher, tmp_path):
     # batches of 5 out of 24 shuffled frames cannot all hold the three vendors equally often
     unbalanced = {"batch_size": 5, "max_epochs": 1}
-    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **unbalanced)
-    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **unbalanced)
+    kd = train(bundle, cohort, untrained_teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **unbalanced)
+    eta0 = train(
+        bundle, cohort, untrained_teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **unbalanced
+    )
     assert max_difference(kd, eta0) > 1e-3
 
 
 @pytest.mark.slow
-def test_eta_zero_trains_kd_on_balanced_batches(bundle, cohort, teacher, tmp_path):
+def test_eta_zero_trains_kd_on_balanced_batches(bundle, cohort, untrained_teacher, tmp_path):
     # batches of 6 from the 3 vendors' frames: 2 of each vendor in every batch, for both runs
     balanced = {"batch_size": 6, "max_epochs": 1, "batching": "balanced"}
-    kd = train(bundle, cohort, teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **balanced)
-    eta0 = train(bundle, cohort, teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **balanced)
+    kd = train(bundle, cohort, untrained_teacher, tmp_path / "kd", ["train.json", "train_kd.json"], **balanced)
+    eta0 = train(bundle, cohort, untrained_teacher, tmp_path / "eta0", ["train.json"], group_step_size=0.0, **balanced)
     assert max_difference(kd, eta0) < 1e-5

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,16 +12,22 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import refused
+from helpers import (
+    CONFIGS,
+    REPO,
+    TINY_MNMS,
+    refused,
+    run_command,
+    run_exported_inference,
+    without_package,
+    write_foreign_cohort,
+)
 from monai.bundle import ConfigWorkflow, verify_net_in_out
-from test_foreign_cohort import _write_cohort
 
 from mnms_groupdistil import export
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import write_run_settings
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "mnms_groupdistil" / "configs"
 CLASSES = ["NOR", "HCM"]
 
 
@@ -127,19 +132,12 @@ def test_export_errors(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(ValueError, match="is not empty"):
         export.export_bundle(tmp_path / "run", tmp_path / "full")
-
-
-def _without_package(tmp_path: Path) -> dict[str, str]:
-    """Environment where ``import mnms_groupdistil`` (and torchvision) fail: a path entry that shadows them."""
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    for name in ("mnms_groupdistil", "torchvision"):
-        (blocker / f"{name}.py").write_text(f"raise ImportError('{name} is not installed here')\n")
-    return {**os.environ, "PYTHONPATH": str(blocker), "OMP_NUM_THREADS": "1"}
-
-
-def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, errors="replace", timeout=300)
+    # the student's weights come through the general loader: its errors speak of a network checkpoint
+    torch.save(build_network("resnet34", num_classes=2, in_channels=1).state_dict(), tmp_path / "run" / "other.pt")
+    with pytest.raises(ValueError) as info:
+        export.export_bundle(tmp_path / "run", tmp_path / "b4", checkpoint="other.pt")
+    assert str(info.value).startswith(f"network checkpoint --checkpoint '{tmp_path / 'run' / 'other.pt'}' (plain ")
+    assert "does not match the network (ResNet)" in str(info.value) and "teacher" not in str(info.value)
 
 
 def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(tmp_path):
@@ -149,7 +147,7 @@ def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(
     assert copied == (REPO / "mnms_groupdistil" / "overrides.py").read_bytes()
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
     command += ["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--devcie", "cpu"]
-    lines = refused(_run(command, bundle, _without_package(tmp_path)), 3)
+    lines = refused(run_command(command, bundle, without_package(tmp_path)), 3)
     assert lines[1] == "`devcie` is not a setting of this bundle; did you mean `device`?"
 
 
@@ -160,27 +158,13 @@ def export_with_the_cli(run: Path, bundle: Path) -> dict:
         the exported ``configs/metadata.json``.
     """
     with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = _run([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    proc = run_command([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reported = json.loads((run / "metrics.json").read_text())["metrics"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
     assert metadata["eval_metrics"] == {k: v for k, v in reported.items() if k.startswith("test_")}
     assert "test_worst_group_acc" in metadata["eval_metrics"]
     return metadata
-
-
-def run_exported_inference(
-    bundle: Path, dataset_dir: Path, out: Path, env: dict[str, str]
-) -> subprocess.CompletedProcess:
-    """The exported bundle's inference.json on ``dataset_dir``, run from ``bundle`` with ``env``, where (checked
-    first) ``import mnms_groupdistil`` fails; returns the finished process, which succeeded."""
-    proc = _run([sys.executable, "-c", "import mnms_groupdistil"], bundle, env)
-    assert proc.returncode != 0 and "mnms_groupdistil is not installed here" in proc.stderr
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
-    command += ["--dataset_dir", str(dataset_dir), "--output_dir", str(out), "--num_workers", "0", "--device", "cpu"]
-    proc = _run(command, bundle, env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.slow
@@ -192,7 +176,7 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
     """
     data = tmp_path / "OpenDataset"
     data.mkdir()
-    _write_cohort(data)
+    write_foreign_cohort(data)
     run = tmp_path / "run"
     workflow = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "train_groupdro.json")],
@@ -200,13 +184,7 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
         logging_file=False,
         dataset_dir=str(data),
         output_dir=str(run),
-        split="demo",
-        max_epochs=1,
-        batch_size=4,
-        image_size=32,
-        frames_per_patient=2,
-        num_workers=0,
-        device="cpu",
+        **TINY_MNMS,
     )
     workflow.initialize()
     workflow.run()
@@ -236,11 +214,11 @@ def test_a_student_trained_on_a_foreign_cohort_runs_exported_without_the_package
         net_id="network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=str(CONFIGS / "inference.json")
     )
 
-    env = _without_package(tmp_path)
+    env = without_package(tmp_path)
     out = tmp_path / "exported_predictions"
     proc = run_exported_inference(bundle, volume, out, env)
     assert "volumes/s" in proc.stdout + proc.stderr
-    proc = _run(
+    proc = run_command(
         [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
          "configs/metadata.json", "--config_file", "configs/inference.json", "--device", "cpu"],
         bundle,

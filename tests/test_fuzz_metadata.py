@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MNMS_RELEASE_HEADER
+from helpers import MNMS_RELEASE_HEADER
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 

@@ -482,6 +482,21 @@ def test_dataset_dir_may_be_open_dataset_or_its_parent(tmp_path):
     parent = prepare_split(tmp_path / "MnM", "demo", output_dir=tmp_path / "b")
     assert parent == direct
     assert json.loads((tmp_path / "b" / "split.json").read_text())["dataset_dir"] == str(root.resolve())
+    assert load_mnms_cohort(tmp_path / "MnM") == load_mnms_cohort(root)
+
+
+def test_dataset_dir_is_resolved_once_per_call(tmp_path, monkeypatch):
+    """Not once per CSV row: the entry points resolve the folder and pass the result down."""
+    write_mnms_cohort(tmp_path / "MnM" / "OpenDataset", preset="tiny", seed=0)
+    calls = []
+    resolve = mnms.resolve_dataset_dir
+    monkeypatch.setattr(mnms, "resolve_dataset_dir", lambda folder: calls.append(folder) or resolve(folder))
+    records = load_mnms_cohort(tmp_path / "MnM")
+    assert len(records) > 1 and all(r["image"] for r in records)
+    assert calls == [tmp_path / "MnM"]
+    calls.clear()
+    prepare_split(tmp_path / "MnM", "demo", output_dir=tmp_path / "out")
+    assert calls == [tmp_path / "MnM"] and (tmp_path / "out" / "split.json").is_file()
 
 
 def test_images_not_found_say_where_they_were_looked_for(tmp_path):

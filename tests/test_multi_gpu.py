@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CONFIGS, TINY_MNMS
 from monai.bundle import ConfigWorkflow
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "mnms_groupdistil" / "configs"
-SETTINGS = {
-    "split": "demo",
-    "max_epochs": 2,
-    "batch_size": 4,
-    "image_size": 32,
-    "frames_per_patient": 2,
-    "num_workers": 0,
-    "device": "cpu",
-}
-TINY = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
+SETTINGS = {**TINY_MNMS, "max_epochs": 2}
+FLAGS = [item for key, value in SETTINGS.items() for item in (f"--{key}", str(value))]
 
 
 def _torchrun_command(configs, out, data, *extra, run_id="training"):
@@ -45,7 +37,7 @@ def _torchrun_command(configs, out, data, *extra, run_id="training"):
         str(data),
         "--output_dir",
         str(out),
-        *TINY,
+        *FLAGS,
         *extra,
     ]
 

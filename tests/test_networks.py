@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from mnms_groupdistil.network_checkpoints import frozen, load_network
+from mnms_groupdistil.network_checkpoints import frozen, load_network, load_weights
 from mnms_groupdistil.networks import SUPPORTED_NETWORKS, build_network
 
 NAMES = ["resnet18", "resnet34", "resnet50", "densenet121"]
@@ -227,15 +227,20 @@ def _assert_loaded_frozen(net, sd):
     assert all(not p.requires_grad for p in net.parameters())
 
 
-@pytest.mark.parametrize("layout", ["network", "plain", "ddp", "student", "ddp_network"])
+@pytest.mark.parametrize("layout", ["network", "plain", "ddp", "student", "ddp_network", "model", "state_dict"])
 def test_load_network_round_trip(layout, trained_sd, tmp_path):
     ddp = {"module." + k: v for k, v in trained_sd.items()}
+    compiled = {"_orig_mod." + k: v for k, v in trained_sd.items()}
+    optimizer = {"state": {}, "param_groups": []}
     content = {
         "network": {"network": trained_sd},
         "plain": trained_sd,
         "ddp": ddp,
         "student": {"student": trained_sd, "teacher_epoch": torch.tensor(3)},
-        "ddp_network": {"network": ddp, "optimizer": {"state": {}, "param_groups": []}},
+        "ddp_network": {"network": ddp, "optimizer": optimizer},
+        # as torchvision's reference training scripts save: {"model", "optimizer", "lr_scheduler", "epoch", "args"}
+        "model": {"model": ddp, "optimizer": optimizer, "epoch": 3},
+        "state_dict": {"state_dict": compiled, "epoch": 3, "global_step": 120},
     }[layout]
     path = tmp_path / "model.pt"
     torch.save(content, path)
@@ -261,7 +266,31 @@ def test_load_network_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pt") as info:
         load_network(_fresh(), path)
     assert isinstance(info.value, ValueError)
-    assert "teacher_ckpt" in str(info.value) and "train_teacher" in str(info.value)
+    assert str(info.value).startswith(f"teacher checkpoint teacher_ckpt '{path}' does not exist: ")
+    assert "train_teacher" in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        load_network(_fresh(), path, setting="ckpt_path")
+    assert (
+        str(info.value) == f"network checkpoint ckpt_path '{path}' does not exist: pass --ckpt_path <path of a "
+        "trained model file>."
+    )
+
+
+def test_load_weights_loads_without_freezing_and_names_a_network_checkpoint(trained_sd, tmp_path):
+    """The general loader (a student to export, a model to evaluate): weights in, the network's mode and gradients
+    as they were, and messages that speak of a network checkpoint, never of a teacher."""
+    path = tmp_path / "model_final.pt"
+    torch.save({"network": trained_sd}, path)
+    net = _fresh().train()
+    assert load_weights(net, path) is net
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in trained_sd.items())
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    torch.save(build_network("resnet34", num_classes=2, in_channels=1).state_dict(), path)
+    with pytest.raises(ValueError) as info:
+        load_weights(_fresh(), path, setting="--checkpoint")
+    message = str(info.value)
+    assert message.startswith(f"network checkpoint --checkpoint '{path}' (plain state dict) does not match the ")
+    assert "teacher" not in message
 
 
 def test_load_network_mismatch(tmp_path):
@@ -279,8 +308,9 @@ def test_load_network_mismatch(tmp_path):
 def test_load_network_training_checkpoint_without_network(tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save({"optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, path)
-    with pytest.raises(ValueError, match="key="):
+    with pytest.raises(ValueError, match="key=") as info:
         load_network(_fresh(), path)
+    assert "nor is one under 'network', 'student', 'model', 'state_dict'" in str(info.value)
 
 
 def test_frozen():

@@ -8,16 +8,21 @@ from pathlib import Path
 
 import monai.bundle
 import pytest
-from conftest import REPO
+from helpers import CONFIGS
 
 from mnms_groupdistil.benchmark import benchmark_bundle
 from mnms_groupdistil.errors import InputError, UnknownSettingError, find_reported_error
-from mnms_groupdistil.overrides import check_command_line, check_overrides, command_line_overrides, config_ids
+from mnms_groupdistil.overrides import (
+    check_command_line,
+    check_overrides,
+    command_line_overrides,
+    config_ids,
+    parse_overrides,
+)
 from mnms_groupdistil.reproduce import main as reproduce_main
 
-MNMS = REPO / "bundles" / "mnms_groupdistil" / "configs"
 MAIN = str(Path(monai.bundle.__file__).parent / "__main__.py")
-CONFIGS = [
+COMMANDS = [
     ("mnms", "training", ["train.json"]),
     ("mnms", "evaluating", ["train.json", "evaluate.json"]),
     ("mnms", "inference", ["inference.json"]),
@@ -25,6 +30,13 @@ CONFIGS = [
     ("waterbirds", "evaluating", ["train.json", "evaluate.json"]),
     ("waterbirds", "inference", ["inference.json"]),
 ]
+
+
+def test_overrides_are_python_literals_or_strings():
+    parsed = parse_overrides(["max_epochs=1", "device=cpu", "amp=False", "intensity_percentiles=[2, 98]", "x=0.5"])
+    assert parsed == {"max_epochs": 1, "device": "cpu", "amp": False, "intensity_percentiles": [2, 98], "x": 0.5}
+    with pytest.raises(ValueError, match="ID=VALUE.*'max_epochs'"):
+        parse_overrides(["max_epochs"])
 
 
 def test_config_ids_are_top_level_ids_and_paths():
@@ -35,7 +47,7 @@ def test_config_ids_are_top_level_ids_and_paths():
 def test_the_issue_s_typos_are_refused_with_the_intended_settings():
     typos = ["max_epoch", "teacher_ckp", "lerning_rate", "val_fracton", "train#trainer#max_epoch"]
     with pytest.raises(UnknownSettingError) as info:
-        check_overrides([str(MNMS / "train.json")], ["max_epochs", "device", *typos, "split"])
+        check_overrides([str(CONFIGS / "train.json")], ["max_epochs", "device", *typos, "split"])
     error = info.value
     assert isinstance(error, InputError)
     assert error.problems[:5] == [
@@ -53,7 +65,7 @@ def test_known_ids_come_from_every_merged_file(tmp_path):
     """A deliberate addition lives in an extra config file (the documented escape), then it can be overridden."""
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"my_note": "x", "network_def#dropout": 0.1}))
-    configs = [str(MNMS / "train.json"), str(MNMS / "multi_gpu_train.json"), str(extra)]
+    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json"), str(extra)]
     check_overrides(configs, ["my_note", "network_def#dropout", "train#sampler#shuffle", "+imports"])
     with pytest.raises(UnknownSettingError, match="`my_notes`.*did you mean `my_note`"):
         check_overrides(configs, ["my_notes"])
@@ -61,17 +73,17 @@ def test_known_ids_come_from_every_merged_file(tmp_path):
 
 def test_command_line_overrides_are_read_as_fire_reads_them(tmp_path):
     args = tmp_path / "args.json"
-    args.write_text(json.dumps({"config_file": [str(MNMS / "train.json")], "run_id": "training", "seed": 1}))
+    args.write_text(json.dumps({"config_file": [str(CONFIGS / "train.json")], "run_id": "training", "seed": 1}))
     argv = [
-        MAIN, "run", "training", "--config_file", repr([str(MNMS / "train.json")]), "--max-epochs", "2",
+        MAIN, "run", "training", "--config_file", repr([str(CONFIGS / "train.json")]), "--max-epochs", "2",
         "--device=cpu", "--amp", "--group_adjustment", "-1", "--meta_file", "m.json", "--workflow_type", "train",
     ]  # fmt: skip
     assert command_line_overrides(argv) == (
-        [str(MNMS / "train.json")],
+        [str(CONFIGS / "train.json")],
         ["max_epochs", "device", "amp", "group_adjustment"],
     )
     found = command_line_overrides([MAIN, "run", "--args_file", str(args), "--max_epoch", "1"])
-    assert found == ([str(MNMS / "train.json")], ["seed", "max_epoch"])
+    assert found == ([str(CONFIGS / "train.json")], ["seed", "max_epoch"])
     with pytest.raises(UnknownSettingError, match="`max_epoch`"):
         check_command_line([MAIN, "run", "--args_file", str(args), "--max_epoch", "1"])
     assert command_line_overrides(["pytest", "run", "--max_epoch", "1"]) is None  # not a bundle run: nothing to check
@@ -92,7 +104,7 @@ def test_benchmark_refuses_an_unknown_override(tmp_path):
     assert list(tmp_path.iterdir()) == []  # refused before generating its cohort
 
 
-@pytest.mark.parametrize("name, run_id, configs", CONFIGS, ids=[f"{c[0]}-{c[1]}" for c in CONFIGS])
+@pytest.mark.parametrize("name, run_id, configs", COMMANDS, ids=[f"{c[0]}-{c[1]}" for c in COMMANDS])
 def test_every_config_checks_its_command_line_first(
     bundle, waterbirds_bundle, tmp_path, monkeypatch, name, run_id, configs
 ):

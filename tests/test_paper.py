@@ -11,9 +11,6 @@ import math
 import pytest
 
 from mnms_groupdistil.paper import (
-    DATASETS,
-    MNMS,
-    WATERBIRDS,
     format_mean_std,
     group_table,
     history_figures,
@@ -27,6 +24,7 @@ from mnms_groupdistil.paper import (
     study_table,
     write_csv,
 )
+from mnms_groupdistil.registry import DATASETS, MNMS, WATERBIRDS
 
 
 def report(worst, mean, per_group, rule="last_epoch", epoch=5):

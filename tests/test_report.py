@@ -6,6 +6,8 @@ import logging
 import pytest
 
 from mnms_groupdistil import report
+from mnms_groupdistil.registry import WATERBIRDS
+from mnms_groupdistil.runs import load_run
 
 
 def _run(folder, name, accuracies, selection, val=None):
@@ -39,7 +41,7 @@ def test_tables_show_each_runs_reported_test_figures(tmp_path, caplog):
     best = {"rule": "best_val_worst_group_acc", "epoch": 3, "checkpoint": "model.pt"}
     kd = _run(tmp_path, "kd", {"A": 0.9, "C": 0.5, "D": 0.75}, last)
     gd = _run(tmp_path, "groupdistil", {"A": 0.8, "C": 0.7, "D": 0.6}, best, val=0.55)
-    reports = [report.load_run(kd), report.load_run(gd)]
+    reports = [load_run(kd), load_run(gd)]
     lines = report.accuracy_table(reports).splitlines()
     assert lines[0].split(" | ") == ["accuracy   ", "kd  ", "groupdistil"]
     cells = [[c.strip() for c in line.split("|")] for line in lines[2:]]
@@ -71,4 +73,27 @@ def test_tables_show_each_runs_reported_test_figures(tmp_path, caplog):
 
 def test_missing_report_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="metrics.json does not exist"):
-        report.load_run(tmp_path)
+        load_run(tmp_path)
+
+
+def test_waterbirds_tables_name_groups_and_summaries_as_the_registry_says(tmp_path):
+    """Groups by their own names, the four summary figures of Waterbirds, and no patient table."""
+    groups = {"landbird_land": 0.9, "waterbird_water": 0.7}
+    metrics = {f"test_acc_{g}": a for g, a in groups.items()}
+    metrics.update(test_worst_group_acc=0.7, test_adjusted_average_acc=0.86, test_mean_group_acc=0.8)
+    metrics.update(test_average_acc=0.85)
+    run = tmp_path / "erm"
+    run.mkdir()
+    per_group = {g: {"test_acc": a} for g, a in groups.items()}
+    (run / "metrics.json").write_text(json.dumps({"metrics": metrics, "per_group": per_group}))
+    ((heading, table),) = report.report_tables(WATERBIRDS, [load_run(run)])
+    assert heading == "Test accuracy (%) per group"
+    cells = [[c.strip() for c in line.split("|")] for line in table.splitlines()[2:]]
+    assert cells == [
+        ["landbird_land", "90.0"],
+        ["waterbird_water", "70.0"],
+        ["worst-group", "70.0"],
+        ["adjusted-average", "86.0"],
+        ["mean-group", "80.0"],
+        ["average", "85.0"],
+    ]

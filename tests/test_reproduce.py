@@ -14,15 +14,15 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import CONFIGS, REPO, TINY_MNMS, WATERBIRDS_BUNDLE
 
-from mnms_groupdistil.paper import MNMS, WATERBIRDS
+from mnms_groupdistil.overrides import parse_overrides
+from mnms_groupdistil.registry import MNMS, WATERBIRDS
 from mnms_groupdistil.reproduce import (
-    BUNDLES_DIR,
     RUN_ARGS,
     bundle_args,
     main,
     parse_grid,
-    parse_overrides,
     plan_runs,
     resolve_setting,
     run_bundle,
@@ -101,18 +101,11 @@ def test_plan_refuses_bad_lists(tmp_path, kwargs, message):
         plan_runs(MNMS, args["seeds"], tmp_path, args["splits"], args["step_sizes"])
 
 
-def test_overrides_are_python_literals_or_strings():
-    parsed = parse_overrides(["max_epochs=1", "device=cpu", "amp=False", "intensity_percentiles=[2, 98]", "x=0.5"])
-    assert parsed == {"max_epochs": 1, "device": "cpu", "amp": False, "intensity_percentiles": [2, 98], "x": 0.5}
-    with pytest.raises(ValueError, match="ID=VALUE.*'max_epochs'"):
-        parse_overrides(["max_epochs"])
-
-
 def test_bundle_args_of_a_step_size_run(tmp_path):
     run = plan_runs(MNMS, [3], tmp_path, ["split2"], [0.1], default_step_size=0.01)[-1]
     args = bundle_args(MNMS, run, "data", extra_configs=["configs/demo.json"], overrides={"max_epochs": 1},
                        split_seed=7, teacher_ckpt="t.pt")
-    configs = BUNDLES_DIR / "mnms_groupdistil" / "configs"
+    configs = CONFIGS
     assert args == {
         "run_id": "training",
         "config_file": [str(configs / "train.json"), "configs/demo.json"],
@@ -282,10 +275,10 @@ def test_a_study_runs_each_cell_apart_and_reports_the_last_epochs(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 
-TINY_GRID = [
-    "--splits", "demo", "--override", "max_epochs=1", "image_size=32", "frames_per_patient=2", "batch_size=8",
-    "num_workers=0", "device=cpu", "test_frames_per_patient=2", "log_interval=1",
-]  # fmt: skip
+#: The tiny run as the grid's options: 8-frame batches, 2 test frames per patient, every iteration logged.
+GRID_SETTINGS = {k: v for k, v in TINY_MNMS.items() if k != "split"}
+GRID_SETTINGS.update(batch_size=8, test_frames_per_patient=2, log_interval=1)
+TINY_GRID = ["--splits", TINY_MNMS["split"], "--override", *(f"{k}={v}" for k, v in GRID_SETTINGS.items())]
 
 
 def in_process(bundle):
@@ -415,7 +408,7 @@ def test_waterbirds_grid_runs_five_methods_without_splits(tmp_path):
     with pytest.raises(ValueError, match="one fixed split \\(official\\); --splits split1 does not apply"):
         plan_runs(WATERBIRDS, [0], tmp_path, ["split1"])
     args = bundle_args(WATERBIRDS, runs[3], "data", overrides={"max_epochs": 1}, teacher_ckpt="t.pt")
-    configs = BUNDLES_DIR / "waterbirds_groupdistil" / "configs"
+    configs = WATERBIRDS_BUNDLE.configs
     assert args["config_file"] == [str(configs / "train.json"), str(configs / "train_kd.json")]
     assert "split_seed" not in args and "split" not in args  # the official split is fixed by metadata.csv
     assert resolve_setting(args, "mode") == "kd" and resolve_setting(args, "train#trainer#max_epochs") == 1
@@ -460,10 +453,10 @@ def test_a_failed_run_with_two_jobs_starts_nothing_after_it(tmp_path):
 
 def test_digits_study_settings_are_waterbirds_bundle_ids():
     """``configs/digits.json`` (the settings of the digits study) only sets ids the Waterbirds bundle has."""
-    settings = json.loads((BUNDLES_DIR.parent / "configs" / "digits.json").read_text())
-    train = json.loads((BUNDLES_DIR / "waterbirds_groupdistil" / "configs" / "train.json").read_text())
+    settings = json.loads((REPO / "configs" / "digits.json").read_text())
+    train = json.loads((WATERBIRDS_BUNDLE.configs / "train.json").read_text())
     assert set(settings) <= set(train), sorted(set(settings) - set(train))
     run = plan_runs(WATERBIRDS, [0], "out")[0]
-    args = bundle_args(WATERBIRDS, run, "data", extra_configs=[BUNDLES_DIR.parent / "configs" / "digits.json"])
+    args = bundle_args(WATERBIRDS, run, "data", extra_configs=[REPO / "configs" / "digits.json"])
     assert resolve_setting(args, "train#trainer#max_epochs") == settings["max_epochs"]
     assert resolve_setting(args, "network_name") == "resnet50"  # the teacher's network is not touched

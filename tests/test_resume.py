@@ -8,19 +8,13 @@ import json
 
 import pytest
 import torch
+from helpers import TINY_MNMS
 from ignite.engine import Events
 
 from mnms_groupdistil import export
 
-TINY = {
-    "split": "demo",
-    "batch_size": 4,
-    "image_size": 32,
-    "frames_per_patient": 2,
-    "num_workers": 0,
-    "device": "cpu",
-    "network_name": "resnet18",
-}
+#: Three epochs of the tiny run (stopped after the first), ResNet-18.
+SETTINGS = {**TINY_MNMS, "max_epochs": 3, "network_name": "resnet18"}
 # one-group batches (GroupBatchSampler) with the random transforms in the loader, a constant learning
 # rate, no averaging and precise BatchNorm; shuffled batches (RandomSampler) with the random rotation and
 # flips on the training device and the defaults (cosine schedule, weight averaging); balanced batches
@@ -67,12 +61,12 @@ def _assert_same(a, b, path=""):
 @pytest.mark.parametrize("mode", list(RUNS))
 def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode):
     configs, settings = RUNS[mode]
-    settings = {**TINY, **settings}
+    settings = {**SETTINGS, **settings}
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), max_epochs=3, **settings)
+    bundle.run(configs, dataset_dir=str(cohort), output_dir=str(straight), **settings)
     # the stopped run is the same 3-epoch run (its learning-rate schedule and weight averaging span 3
     # epochs), ended after epoch 1 as a signal ends it: the trainer stops, the final checkpoint is saved
-    first = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
+    first = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), **settings)
     first.initialize()
     first_trainer = first.parser.get_parsed_content("train#trainer")
     first_trainer.add_event_handler(Events.EPOCH_COMPLETED(once=1), lambda engine: engine.terminate())
@@ -86,7 +80,7 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     assert int(after_one["group_weights"]["num_updates"]) == updates_per_iteration * epoch_length
     first_report = json.loads((stopped / "metrics.json").read_text())
 
-    workflow = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), max_epochs=3, **settings)
+    workflow = bundle.make(configs, dataset_dir=str(cohort), output_dir=str(stopped), **settings)
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     epochs_run, iterations_run = [], []
@@ -109,7 +103,7 @@ def test_resumed_run_equals_an_uninterrupted_one(bundle, cohort, tmp_path, mode)
     recorded = json.loads((stopped / "run_config.json").read_text())["settings"]
     if recorded["weight_averaging"] == "ema":
         # the averaged network (its BatchNorm recomputed) is what is saved as the run's model, not the trained one
-        averaged = {k[len("module."):]: v for k, v in b["averaging"]["averaged"].items() if k.startswith("module.")}
+        averaged = {k[len("module.") :]: v for k, v in b["averaging"]["averaged"].items() if k.startswith("module.")}
         _assert_same(model, averaged, "model_final")
         assert not torch.equal(model["fc.weight"], b["network"]["fc.weight"])
         assert int(b["averaging"]["averaged"]["n_averaged"]) == 3 * epoch_length

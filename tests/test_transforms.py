@@ -334,10 +334,22 @@ def test_rand_frame_ed_es_mode():
 
 
 def test_rand_frame_randomize_direct():
+    """A draw made by ``randomize`` is the frame the next ``randomize=False`` call selects, and records."""
+    shape = (NX, NY, 10, 25)
+    vol = coded_volume(shape=shape)
     t = RandCineFramed(mode="ed_es")
     t.set_random_state(seed=1)
-    t.randomize(num_slices=10, num_frames=25, ed=0, es=9)
-    assert 0 <= t._slice < 10 and t._frame in (0, 9)
+    drawn = []
+    for _ in range(40):
+        t.randomize(num_slices=10, num_frames=25, ed=0, es=9)
+        first = t({"image": vol, "ed": 0, "es": 9}, randomize=False)
+        again = t({"image": vol, "ed": 0, "es": 9}, randomize=False)  # no new draw
+        z, f = first["slice"], first["frame"]
+        assert (again["slice"], again["frame"]) == (z, f)
+        assert 0 <= z < 10 and f in (0, 9)
+        np.testing.assert_array_equal(first["image"][0].numpy(), vol[:, :, z, f])
+        drawn.append((z, f))
+    assert {f for _, f in drawn} == {0, 9} and len({z for z, _ in drawn}) > 1  # the draws do vary
 
 
 def test_frame_pipeline_with_monai_transforms():

@@ -10,13 +10,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, REPORTED, last_lines, refused
+from helpers import CPU, REPO, REPORTED, TINY_MNMS, last_lines, refused
 
 from mnms_groupdistil.run_lock import LOCK_NAME
 from mnms_groupdistil.run_settings import write_run_settings
-
-TINY = {"split": "demo", "max_epochs": 1, "batch_size": 4, "image_size": 32, "frames_per_patient": 2}
-CPU = {"num_workers": 0, "device": "cpu"}
 
 
 @pytest.mark.slow
@@ -47,9 +44,7 @@ def test_inference_settings_other_than_the_run_s_end_on_the_list(bundle, tmp_pat
 @pytest.mark.slow
 def test_a_second_run_into_a_busy_output_dir_is_refused(bundle, cohort, tmp_path, lock_holder):
     out = tmp_path / "run"
-    proc = bundle.cli(
-        "training", ["train.json", "train_teacher.json"], dataset_dir=cohort, output_dir=out, **TINY, **CPU
-    )
+    proc = bundle.cli("training", ["train.json", "train_teacher.json"], dataset_dir=cohort, output_dir=out, **TINY_MNMS)
     (line,) = refused(proc, 1)
     assert line.startswith(f"output_dir {out} is in use by another run: pid {lock_holder.pid} on host "), line
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]  # nothing written; the holder's lock kept

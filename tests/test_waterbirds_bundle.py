@@ -13,27 +13,31 @@ import math
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from conftest import BundleRunner
+from helpers import (
+    REPO,
+    TINY,
+    WATERBIRDS_BUNDLE,
+    config_problems,
+    exception_chain,
+    merged_config,
+    run_exported_inference,
+    tensorboard_scalars,
+    without_package,
+)
 from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 from PIL import Image, ImageDraw
-from test_bundle import config_problems, exception_chain, merged_config, tensorboard_scalars
-from test_export import _without_package, run_exported_inference
 
 from mnms_groupdistil.data.synthetic import write_waterbirds
 from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
 from mnms_groupdistil.export import export_bundle
 from mnms_groupdistil.handlers import AtomicCheckpointSaver
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "bundles" / "waterbirds_groupdistil" / "configs"
-BUNDLE = BundleRunner(REPO / "bundles" / "waterbirds_groupdistil")
-CONFIGS = BUNDLE.configs
+BUNDLE = WATERBIRDS_BUNDLE
 TRAIN, TEACHER, KD, GROUPDRO, ERM, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_EVALUATE = BUNDLE.paths(
     [
         f"{name}.json"
@@ -52,7 +56,6 @@ TRAIN, TEACHER, KD, GROUPDRO, ERM, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_EVA
 )
 METADATA = BUNDLE.metadata
 GROUPS = ("landbird_land", "landbird_water", "waterbird_land", "waterbird_water")
-TINY: dict[str, Any] = {"max_epochs": 1, "batch_size": 4, "image_size": 32, "num_workers": 0, "device": "cpu"}
 make_workflow = BUNDLE.make
 run_workflow = BUNDLE.run
 
@@ -211,6 +214,7 @@ def test_augmentation_is_off_by_default_and_random_when_on(tmp_path):
 # ------------------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_train_workflow_has_required_properties(dataset, runs, tmp_path):
     workflow = make_workflow(
         [TRAIN],
@@ -223,6 +227,7 @@ def test_train_workflow_has_required_properties(dataset, runs, tmp_path):
     assert workflow.check_properties() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["teacher", "groupdistil"])
 def test_runs_write_models_split_and_metrics(dataset, runs, run):
     out = runs[run]
@@ -234,24 +239,31 @@ def test_runs_write_models_split_and_metrics(dataset, runs, run):
     assert metrics["mode"] == ("groupdro" if run == "teacher" else "groupdistil")
     assert metrics["network"] == ("resnet50" if run == "teacher" else "resnet18")
     assert metrics["teacher"] == (None if run == "teacher" else "resnet50")
+    recorded = json.loads((out / "run_config.json").read_text())["settings"]["teacher_ckpt"]
+    assert recorded == (None if run == "teacher" else str(runs["teacher"] / "model_final.pt"))
     assert metrics["selection"] == {"rule": "best_val_worst_group_acc", "epoch": 1, "checkpoint": "model.pt"}
     for name in ("model.pt", "model_final.pt"):
         state = torch.load(out / name, map_location="cpu", weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["teacher", "groupdistil"])
 def test_metrics_json_summaries_recomputed_by_hand(dataset, runs, run):
     metrics = json.loads((runs[run] / "metrics.json").read_text())
     counts = train_counts_by_hand(dataset / "waterbird_complete95_forest2water2")
-    assert metrics["train_group_counts"] == counts == {"landbird_land": 14, "landbird_water": 2,
-                                                       "waterbird_land": 2, "waterbird_water": 4}
+    assert (
+        metrics["train_group_counts"]
+        == counts
+        == {"landbird_land": 14, "landbird_water": 2, "waterbird_land": 2, "waterbird_water": 4}
+    )
     for prefix in ("val", "test"):
         check_summaries_by_hand(metrics["metrics"], counts, prefix)
         for group in GROUPS:
             assert metrics["per_group"][group][f"{prefix}_acc"] == metrics["metrics"][f"{prefix}_acc_{group}"]
 
 
+@pytest.mark.slow
 def test_tensorboard_has_group_named_scalars(runs):
     tags = set(tensorboard_scalars(runs["groupdistil"]))
     for group in GROUPS:
@@ -261,12 +273,14 @@ def test_tensorboard_has_group_named_scalars(runs):
         assert tag in tags
 
 
+@pytest.mark.slow
 def test_group_weights_move_for_groupdistil(runs):
     state = torch.load(runs["groupdistil"] / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     weights = state["group_weights"]["log_weights"].exp()
     assert float(weights.sum()) == pytest.approx(1.0) and float((weights - 0.25).abs().max()) > 1e-5
 
 
+@pytest.mark.slow
 def test_evaluate_reports_test_figures_of_a_checkpoint(dataset, runs):
     """evaluate.json on model_final.pt reproduces the test figures the run recorded at its last epoch."""
     out = runs["groupdistil"]
@@ -322,6 +336,7 @@ def test_other_modes_train(dataset, runs, tmp_path, mode):
     assert trainer.has_event_handler(guard.loss_completed, IterationEvents.LOSS_COMPLETED)
 
 
+@pytest.mark.slow
 def test_inference_writes_one_prediction_per_image(dataset, runs, tmp_path):
     folder = dataset / "waterbird_complete95_forest2water2" / "001.Black_footed_Albatross"
     images = sorted(folder.glob("*.jpg"))
@@ -422,6 +437,7 @@ def test_command_line_on_a_foreign_release(tmp_path):
             assert all(math.isfinite(metrics["metrics"][f"{prefix}_acc_{g}"]) for g in GROUPS)
 
 
+@pytest.mark.slow
 def test_report_prints_the_per_group_table(runs, caplog):
     import logging
 
@@ -495,7 +511,7 @@ def test_exported_student_classifies_images_without_the_package(dataset, runs, t
     )
 
     out = tmp_path / "exported_predictions"
-    run_exported_inference(bundle, images, out, _without_package(tmp_path))
+    run_exported_inference(bundle, images, out, without_package(tmp_path))
 
     tables = {}
     for name, folder in (("source", source_out), ("exported", out)):

@@ -219,10 +219,14 @@ def find_info_csv(dataset_dir: PathLike) -> Path:
     Raises:
         MnMsDataError: If no information CSV is found.
     """
-    root = Path(dataset_dir).expanduser()
-    if root.is_file() and root.suffix.lower() == ".csv":
-        return root.resolve()
-    root = resolve_dataset_dir(root)
+    path = Path(dataset_dir).expanduser()
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return path.resolve()
+    return _info_csv_near(resolve_dataset_dir(path))
+
+
+def _info_csv_near(root: Path) -> Path:
+    """:func:`find_info_csv` in the release folder ``root`` (as :func:`resolve_dataset_dir` returns it)."""
     folders = [root]
     if root.resolve().parent != root.resolve():
         folders.append(root.resolve().parent)
@@ -399,18 +403,17 @@ def read_info_csv(csv_path: PathLike) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------ images
 
 
-def find_subject_image(dataset_dir: PathLike, code: str) -> Path | None:
+def find_subject_image(root: Path, code: str) -> Path | None:
     """Find the short-axis cine image of a subject.
 
     Args:
-        dataset_dir: Root of the M&Ms release (or its parent, see :func:`resolve_dataset_dir`).
+        root: The release folder holding :data:`SUBFOLDERS`, as :func:`resolve_dataset_dir` returns it.
         code: Subject code (``External code``).
 
     Returns:
         Absolute path of ``<subfolder>/<code>/<code>_sa.nii.gz`` (or ``.nii``) in the first of
         :data:`SUBFOLDERS` that has it, or None if none has.
     """
-    root = resolve_dataset_dir(dataset_dir)
     for sub in SUBFOLDERS:
         for suffix in ("_sa.nii.gz", "_sa.nii"):
             candidate = root / sub / code / f"{code}{suffix}"
@@ -428,7 +431,7 @@ def load_mnms_cohort(
     """Read the information CSV and list the subjects of the task, without opening images.
 
     Args:
-        dataset_dir: Root of the M&Ms release.
+        dataset_dir: Root of the M&Ms release (or its parent, see :func:`resolve_dataset_dir`).
         groups: Vendor codes to keep; ``group`` is the index of the vendor in this sequence.
         classes: Pathology codes to keep; ``label`` is the index of the pathology in it.
         csv_path: Information CSV; found with :func:`find_info_csv` when None.
@@ -438,9 +441,16 @@ def load_mnms_cohort(
         when not found), "label", "pathology", "group", "vendor", "centre", "ed", "es"}``.
 
     Raises:
-        MnMsDataError: If the CSV cannot be found or read, or ``groups``/``classes`` hold
-            unknown codes.
+        MnMsDataError: If ``dataset_dir`` does not exist, the CSV cannot be found or read, or
+            ``groups``/``classes`` hold unknown codes.
     """
+    root = resolve_dataset_dir(dataset_dir)
+    csv_file = Path(csv_path).expanduser() if csv_path else _info_csv_near(root)
+    return _cohort_records(root, csv_file, groups, classes)
+
+
+def _cohort_records(root: Path, csv_file: Path, groups: Sequence[str], classes: Sequence[str]) -> list[dict[str, Any]]:
+    """:func:`load_mnms_cohort` in the release folder ``root`` (resolved) with the CSV ``csv_file``."""
     groups = tuple(groups)
     classes = tuple(classes)
     bad = [
@@ -455,13 +465,12 @@ def load_mnms_cohort(
     ]
     if bad:
         raise MnMsDataError(bad)
-    csv_file = Path(csv_path).expanduser() if csv_path else find_info_csv(dataset_dir)
     rows = read_info_csv(csv_file)
     records = []
     for row in sorted(rows, key=lambda r: r["subject"]):
         if row["vendor"] not in groups or row["pathology"] not in classes:
             continue
-        image = find_subject_image(dataset_dir, row["subject"])
+        image = find_subject_image(root, row["subject"])
         records.append(
             {
                 "subject": row["subject"],
@@ -501,9 +510,7 @@ def _check_one(record: Mapping[str, Any], root: Path | None) -> tuple[list[str],
     return problems, num_slices, num_frames
 
 
-def check_subjects(
-    records: Sequence[Mapping[str, Any]], dataset_dir: PathLike | None = None
-) -> list[dict[str, Any]]:
+def check_subjects(records: Sequence[Mapping[str, Any]], root: Path | None = None) -> list[dict[str, Any]]:
     """Check the image of every record and add its slice and frame counts.
 
     Only the NIfTI header is parsed with nibabel; the voxel data are streamed once (not kept)
@@ -513,7 +520,8 @@ def check_subjects(
     Args:
         records: Records as returned by :func:`load_mnms_cohort` (``subject``, ``image``,
             ``ed``, ``es`` are used).
-        dataset_dir: Where the images were looked for, named in the message of a missing one.
+        root: The release folder the images were looked for in (as :func:`resolve_dataset_dir`
+            returns it), named in the message of a missing one.
 
     Returns:
         New dicts, the records plus ``"num_slices"`` and ``"num_frames"``, in the same order.
@@ -523,7 +531,6 @@ def check_subjects(
             unreadable header, not 4D, no slice/frame, ED/ES outside [0, num_frames), truncated
             or corrupt data).
     """
-    root = resolve_dataset_dir(dataset_dir) if dataset_dir is not None else None
     problems: list[str] = []
     checked: list[dict[str, Any]] = []
     for record in records:
@@ -727,11 +734,12 @@ def prepare_split(
             selected image is missing or broken (all problems listed in one error).
         InputError: A bad ``split_seed`` or ``val_fraction``.
     """
-    csv_file = Path(csv_path).expanduser().resolve() if csv_path else find_info_csv(dataset_dir)
-    records = load_mnms_cohort(dataset_dir, csv_path=csv_file)
+    root = resolve_dataset_dir(dataset_dir)
+    csv_file = Path(csv_path).expanduser().resolve() if csv_path else _info_csv_near(root)
+    records = _cohort_records(root, csv_file, GROUPS, CLASSES)
     logger.info("M&Ms cohort from %s: %d subjects (%s)", csv_file, len(records), _count_summary(records))
     parts = select_split(records, split=split, split_seed=split_seed, val_fraction=val_fraction)
-    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]], dataset_dir))
+    checked = iter(check_subjects([r for part in _PARTS for r in parts[part]], root))
     result = {part: [next(checked) for _ in parts[part]] for part in _PARTS}
     for part in _PARTS:
         logger.info(
@@ -750,7 +758,7 @@ def prepare_split(
             "split_seed": int(split_seed),
             **dict(record or {}),
             "val_fraction": float(val_fraction),
-            "dataset_dir": str(resolve_dataset_dir(dataset_dir).resolve()),
+            "dataset_dir": str(root.resolve()),
             "csv_path": str(csv_file),
             "classes": list(CLASSES),
             "groups": list(GROUPS),
