@@ -5,7 +5,7 @@ step on a GPU. :class:`RandRotateFlipBatch` draws the same augmentation as the b
 transforms (``RandRotated(range_x, prob)`` then ``RandFlipd`` along each spatial axis), one draw per
 sample, and applies it to the batch with a single ``affine_grid``/``grid_sample`` on the device
 (bilinear, zero padding, output the size of the input). :class:`AugmentOnDevice` runs it as the
-trainer's ``prepare_batch``.
+trainer's ``prepare_batch``; :func:`batch_preparation` is the bundles' ``prepare_batch`` setting.
 
 The draws come from torch's global CPU generator (a few numbers per sample, copied to the device
 with the batch), which the bundles' ``EpochSeeds`` handler re-seeds at every epoch, so a resumed
@@ -15,6 +15,7 @@ run repeats them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from monai.engines.utils import PrepareBatch, default_prepare_batch
 
 from mnms_groupdistil.errors import SettingError
 
-__all__ = ["RandRotateFlipBatch", "AugmentOnDevice", "rotate_flip_theta"]
+__all__ = ["RandRotateFlipBatch", "AugmentOnDevice", "batch_preparation", "rotate_flip_theta"]
 
 
 def rotate_flip_theta(
@@ -125,3 +126,14 @@ class AugmentOnDevice(PrepareBatch):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         images, labels = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
         return self.augment(images), labels
+
+
+def batch_preparation(augmentation: Callable | None = None, enabled: bool = True) -> Callable:
+    """The ``prepare_batch`` of a trainer: :class:`AugmentOnDevice` with ``augmentation`` when it is given and
+    ``enabled``, else MONAI's ``default_prepare_batch`` (the copy to the device only).
+
+    Args:
+        augmentation: callable applied to the image batch on the device, e.g. :class:`RandRotateFlipBatch`.
+        enabled: whether to augment on the device (the bundles' ``augment_on_device``).
+    """
+    return AugmentOnDevice(augmentation) if augmentation is not None and enabled else default_prepare_batch

@@ -191,8 +191,9 @@ class _IterationTimer:
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
-        if not engine.has_event_handler(self.iteration_completed, Events.ITERATION_COMPLETED):
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        from mnms_groupdistil.handlers.events import attach_once
+
+        attach_once(engine, ((Events.ITERATION_COMPLETED, self.iteration_completed),))
 
     def iteration_completed(self, engine: Any) -> None:
         self.seen += 1

@@ -32,6 +32,7 @@ from monai.transforms import MapTransform
 from .data.nifti import cine_volume_problems
 from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
 from .errors import InputError
+from .handlers.events import attach_once
 from .metrics import majority_vote
 from .transforms import LoadCineVolume
 
@@ -193,13 +194,14 @@ class PredictionWriter(ABC):
 
     def attach(self, engine: Engine) -> None:
         """Register the three event methods on ``engine``; calling it again adds nothing."""
-        for event, handler in (
-            (Events.EPOCH_STARTED, self.epoch_started),
-            (Events.ITERATION_COMPLETED, self.iteration_completed),
-            (Events.EPOCH_COMPLETED, self.epoch_completed),
-        ):
-            if not engine.has_event_handler(handler, event):
-                engine.add_event_handler(event, handler)
+        attach_once(
+            engine,
+            (
+                (Events.EPOCH_STARTED, self.epoch_started),
+                (Events.ITERATION_COMPLETED, self.iteration_completed),
+                (Events.EPOCH_COMPLETED, self.epoch_completed),
+            ),
+        )
 
     @abstractmethod
     def reset(self) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "distillation_loss",
     "group_sums",
     "mode_flags",
+    "sample_loss",
 ]
 
 
@@ -193,6 +194,16 @@ class DistillationLoss:
         if teacher_logits is None:
             raise ValueError("DistillationLoss needs teacher logits: give the loss handler a teacher network.")
         return distillation_loss(student_logits, teacher_logits, target, self.temperature, self.alpha)
+
+
+def sample_loss(distil: bool, temperature: float = 4.0, alpha: float = 0.9) -> CrossEntropyLoss | DistillationLoss:
+    """The per-sample loss of a mode: :class:`DistillationLoss` when it distils, else :class:`CrossEntropyLoss`.
+
+    Args:
+        distil: whether the mode distils from a teacher (:attr:`ModeFlags.distil`).
+        temperature, alpha: the distillation loss's settings (unused without distillation).
+    """
+    return DistillationLoss(temperature, alpha) if distil else CrossEntropyLoss()
 
 
 def _check_group_ids(groups: torch.Tensor, num_groups: int, source: str) -> None:

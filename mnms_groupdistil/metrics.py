@@ -17,18 +17,31 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import EpochWise, MetricUsage
 from monai.handlers import from_engine
 
+from .errors import check_choice
+
 __all__ = [
     "GroupAccuracy",
     "adjusted_average_accuracy",
     "group_accuracies",
+    "group_metrics",
     "majority_vote",
     "mean_group_accuracy",
+    "metric_name",
     "patient_majority_vote",
     "worst_group_accuracy",
 ]
 
 REDUCTIONS = ("worst", "mean", "average", "adjusted", "none")
 LEVELS = ("frame", "patient")
+
+#: How each reduction ends a metric's name (:func:`metric_name`).
+_REDUCTION_NAMES = {
+    "worst": "worst_group_acc",
+    "mean": "mean_group_acc",
+    "average": "average_acc",
+    "adjusted": "adjusted_average_acc",
+    "none": "acc",
+}
 
 
 def group_accuracies(correct: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -150,6 +163,8 @@ class GroupAccuracy(Metric):
 
         "key_val_metric": {"val_worst_group_acc": {"_target_": "mnms_groupdistil.metrics.GroupAccuracy",
                                                    "group_names": "@group_names", "reduction": "worst"}}
+
+    (the bundles build their metrics with :func:`group_metrics`).
     """
 
     def __init__(
@@ -256,3 +271,52 @@ class GroupAccuracy(Metric):
         if self.reduction == "mean":
             return mean_group_accuracy(accuracies)
         return adjusted_average_accuracy(accuracies, self.train_counts)
+
+
+def metric_name(prefix: str, reduction: str, level: str = "frame") -> str:
+    """The name of an evaluation's metric: ``<prefix>_[patient_]<reduction part>``.
+
+    ``worst`` -> ``worst_group_acc``, ``mean`` -> ``mean_group_acc``, ``average`` -> ``average_acc``,
+    ``adjusted`` -> ``adjusted_average_acc``, ``none`` -> ``acc`` (whose per-group values are named
+    ``<name>_<group>``); ``patient_`` for ``level="patient"``. E.g. ``metric_name("val", "worst")`` is
+    ``val_worst_group_acc``, ``metric_name("test", "none", "patient")`` is ``test_patient_acc``.
+
+    Raises:
+        InputError: an unknown ``reduction`` or ``level``.
+    """
+    check_choice("metric reduction", reduction, REDUCTIONS)
+    check_choice("metric level", level, LEVELS)
+    return f"{prefix}_{'patient_' if level == 'patient' else ''}{_REDUCTION_NAMES[reduction]}"
+
+
+def group_metrics(
+    prefix: str,
+    group_names: Sequence[str],
+    reductions: Sequence[str],
+    levels: Sequence[str] = ("frame",),
+    train_counts: Sequence[float] | None = None,
+) -> dict[str, GroupAccuracy]:
+    """The group-accuracy metrics of one evaluation, by name (:func:`metric_name`), level by level.
+
+    Args:
+        prefix: the evaluation's name, e.g. ``"val"`` or ``"test"``.
+        group_names: one name per group id.
+        reductions: the :class:`GroupAccuracy` reductions to compute at each level, in order.
+        levels: ``"frame"`` and/or ``"patient"``, in order.
+        train_counts: training samples per group (the ``adjusted`` reduction needs them).
+
+    Returns:
+        ``{name: GroupAccuracy}``, for each level every reduction, e.g. ``val_worst_group_acc``,
+        ``val_mean_group_acc``, ``val_acc``, ``val_patient_worst_group_acc``, ...
+
+    Raises:
+        InputError: an unknown reduction or level.
+        ValueError: ``adjusted`` without ``train_counts`` for every group.
+    """
+    return {
+        metric_name(prefix, reduction, level): GroupAccuracy(
+            group_names, reduction=reduction, level=level, train_counts=train_counts
+        )
+        for level in levels
+        for reduction in reductions
+    }

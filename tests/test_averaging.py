@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from torch import nn
 
 from mnms_groupdistil.errors import InputError
-from mnms_groupdistil.handlers import WeightAveraging
+from mnms_groupdistil.handlers import PreciseBatchNorm, WeightAveraging
 from mnms_groupdistil.handlers.averaging import ema_decay
 
 
@@ -72,3 +72,14 @@ def test_a_ddp_wrapper_is_looked_through():
     wrapped = nn.DataParallel(network)
     averaging = WeightAveraging(wrapped, "ema")
     assert isinstance(averaging.evaluated_network, nn.Linear)
+
+
+def test_averaged_weights_always_get_their_batchnorm_recomputed():
+    """An ``AveragedModel`` does not average BatchNorm buffers: with weight averaging on, PreciseBatchNorm runs
+    whatever ``precise_bn`` says."""
+    network = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    for method, enabled, runs in (("ema", False, True), ("none", False, False), ("none", True, True)):
+        handler = PreciseBatchNorm(network, [], enabled=enabled, averaging=WeightAveraging(network, method))
+        engine = Engine(lambda engine, batch: None)
+        handler.attach(engine)
+        assert engine.has_event_handler(handler.epoch_completed, Events.EPOCH_COMPLETED) is runs, (method, enabled)

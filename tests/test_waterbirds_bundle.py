@@ -345,13 +345,13 @@ def test_inference_writes_one_prediction_per_image(dataset, runs, tmp_path):
         workflow_type="infer",
         dataset_dir=str(folder),
         output_dir=str(tmp_path),
-        ckpt_path=str(runs["groupdistil"] / "model_final.pt"),
-        image_size=32,
+        run_dir=str(runs["groupdistil"]),  # network, image size and model_final.pt from the run
         num_workers=0,
         device="cpu",
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+    assert workflow.parser.get_parsed_content("image_size") == TINY["image_size"]
     workflow.run()
     with open(tmp_path / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -504,8 +504,7 @@ def test_exported_student_classifies_images_without_the_package(dataset, runs, t
         run_id="inference",
         dataset_dir=str(images),
         output_dir=str(source_out),
-        ckpt_path=str(run / "model_final.pt"),
-        image_size=32,
+        run_dir=str(run),
         num_workers=0,
         device="cpu",
     )

@@ -8,7 +8,9 @@ bundle configs name them).
 - :mod:`.tensorboard`: :class:`GroupScalarWriter` writes those to TensorBoard (as the
   ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
 - :mod:`.checkpoints`: :class:`AtomicCheckpointSaver` (never a half-written file),
-  :class:`BestModelSaver` (its record resumes), :func:`attach_resume`.
+  :class:`BestModelSaver` (its record resumes), :func:`attach_resume`, and the run's three savers as the
+  bundles configure them (:func:`final_model_saver`, :func:`best_model_saver`,
+  :func:`training_checkpoint_saver`).
 - :mod:`.guard`: :class:`RunGuard` stops a run on SIGTERM/SIGINT or a non-finite loss after saving.
 - :mod:`.events`: :func:`attach_once`, the one implementation of the handlers' idempotent ``attach``.
 - :mod:`.seeding`: :class:`EpochSeeds` makes each epoch's draws depend on (seed, rank, epoch) only.
@@ -23,7 +25,10 @@ from mnms_groupdistil.handlers.checkpoints import (
     AtomicCheckpointSaver,
     BestModelSaver,
     attach_resume,
+    best_model_saver,
+    final_model_saver,
     latest_checkpoint,
+    training_checkpoint_saver,
 )
 from mnms_groupdistil.handlers.guard import NonFiniteLossError, RunGuard, RunInterrupted
 from mnms_groupdistil.handlers.loss import GroupWeightedLossHandler, group_from_batch, loss_from_output
@@ -47,7 +52,10 @@ __all__ = [
     "RunInterrupted",
     "WeightAveraging",
     "attach_resume",
+    "best_model_saver",
+    "final_model_saver",
     "group_from_batch",
     "latest_checkpoint",
     "loss_from_output",
+    "training_checkpoint_saver",
 ]

@@ -134,7 +134,9 @@ class PreciseBatchNorm:
         prepare_batch: ``(batch, device, non_blocking) -> (inputs, targets, ...)``, as the trainer's
             (e.g. on-device augmentation); default MONAI's.
         device: where the inputs go (default: the network's device).
-        enabled: False makes :meth:`attach` do nothing.
+        enabled: False makes :meth:`attach` do nothing, unless ``averaging`` is on.
+        averaging: the run's :class:`WeightAveraging`; when it averages, the statistics are always
+            recomputed (an ``AveragedModel`` does not average BatchNorm buffers).
     """
 
     def __init__(
@@ -145,6 +147,7 @@ class PreciseBatchNorm:
         prepare_batch: Callable = default_prepare_batch,
         device: str | torch.device | None = None,
         enabled: bool = True,
+        averaging: WeightAveraging | None = None,
     ) -> None:
         if num_batches is not None and int(num_batches) < 1:
             raise InputError(f"precise_bn_batches must be at least 1, got {num_batches}.")
@@ -153,7 +156,7 @@ class PreciseBatchNorm:
         self.num_batches = None if num_batches is None else int(num_batches)
         self.prepare_batch = prepare_batch
         self.device = device
-        self.enabled = bool(enabled)
+        self.enabled = bool(enabled) or (averaging is not None and averaging.enabled)
 
     def attach(self, engine: Engine) -> None:
         """Register :meth:`epoch_completed` (idempotent; nothing when disabled)."""

@@ -1,4 +1,10 @@
-"""Training checkpoints: atomic writes, the best-model record that resumes, and resuming a stopped run."""
+"""Training checkpoints: atomic writes, the best-model record that resumes, and resuming a stopped run.
+
+A run's ``output_dir`` holds :data:`FINAL_MODEL` (the last epoch's network), :data:`BEST_MODEL` (the
+network of the best validation epoch) and the training checkpoints ``checkpoint_epoch=N.pt`` and
+:data:`FINAL_CHECKPOINT`; :func:`final_model_saver`, :func:`best_model_saver` and
+:func:`training_checkpoint_saver` are their savers as the bundles configure them.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,27 @@ import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
+from torch import nn
 
-__all__ = ["AtomicCheckpointSaver", "BestModelSaver", "attach_resume", "latest_checkpoint"]
+__all__ = [
+    "BEST_MODEL",
+    "FINAL_CHECKPOINT",
+    "FINAL_MODEL",
+    "AtomicCheckpointSaver",
+    "BestModelSaver",
+    "attach_resume",
+    "best_model_saver",
+    "final_model_saver",
+    "latest_checkpoint",
+    "training_checkpoint_saver",
+]
+
+#: File name of the network after the last epoch (a plain state dict).
+FINAL_MODEL = "model_final.pt"
+#: File name of the network of the epoch with the best validation key metric (a plain state dict).
+BEST_MODEL = "model.pt"
+#: File name of the training state saved when a run ends, is stopped or fails.
+FINAL_CHECKPOINT = "checkpoint_final.pt"
 
 
 def latest_checkpoint(directory: str | Path, pattern: str = "checkpoint*.pt") -> str | None:
@@ -128,3 +153,29 @@ class BestModelSaver(AtomicCheckpointSaver):
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict:
             super().load_state_dict(state_dict)
+
+
+def final_model_saver(output_dir: str, network: nn.Module) -> AtomicCheckpointSaver:
+    """The trainer handler that writes ``network``'s weights to ``<output_dir>/``:data:`FINAL_MODEL` at the end."""
+    return AtomicCheckpointSaver(output_dir, {"network": network}, save_final=True, final_filename=FINAL_MODEL)
+
+
+def best_model_saver(output_dir: str, network: nn.Module) -> BestModelSaver:
+    """The validation handler that keeps ``network``'s weights of the epoch with the best key metric in
+    ``<output_dir>/``:data:`BEST_MODEL` (put it in the training checkpoint: its record resumes)."""
+    return BestModelSaver(output_dir, {"network": network}, save_key_metric=True, key_metric_filename=BEST_MODEL)
+
+
+def training_checkpoint_saver(output_dir: str, state: dict[str, Any]) -> AtomicCheckpointSaver:
+    """The trainer handler that saves the training ``state`` after every epoch (``checkpoint_epoch=N.pt``,
+    only the latest kept) and to ``<output_dir>/``:data:`FINAL_CHECKPOINT` when the run ends, fails or is
+    stopped (:class:`~mnms_groupdistil.handlers.guard.RunGuard`); :func:`attach_resume` resumes from them."""
+    return AtomicCheckpointSaver(
+        output_dir,
+        state,
+        save_interval=1,
+        epoch_level=True,
+        n_saved=1,
+        save_final=True,
+        final_filename=FINAL_CHECKPOINT,
+    )

@@ -14,6 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 
+from mnms_groupdistil.handlers.checkpoints import BEST_MODEL, FINAL_MODEL
 from mnms_groupdistil.handlers.events import attach_once
 from mnms_groupdistil.tables import text_table
 
@@ -100,8 +101,8 @@ class MetricsReport:
         summary_metrics: Sequence[str] = (),
         extra: dict[str, Any] | None = None,
         select_by: str | None = None,
-        final_checkpoint: str = "model_final.pt",
-        best_checkpoint: str = "model.pt",
+        final_checkpoint: str = FINAL_MODEL,
+        best_checkpoint: str = BEST_MODEL,
         selection: bool = True,
         name: str | None = None,
     ) -> None:
