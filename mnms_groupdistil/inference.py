@@ -162,8 +162,30 @@ class LoadCineInputd(MapTransform):
         return d
 
 
+#: How far a row of probabilities may sum from 1 (float32 rounding of a softmax over a few classes).
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def checked_probabilities(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (one row per item), checked to be class probabilities: in [0, 1], each row summing to 1.
+
+    Raises:
+        ValueError: naming the first row that is not, and the two ways to fix it.
+    """
+    sums = values.sum(dim=1)
+    bad = ((values < 0) | (values > 1)).any(dim=1) | ((sums - 1).abs() > PROBABILITY_SUM_TOLERANCE)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"the prediction writer has softmax=False, but its output row {row} is not probabilities "
+            f"({[round(float(v), 4) for v in values[row]]}, sum {float(sums[row]):.4f}): give the evaluator a "
+            "postprocessing with Activationsd(keys='pred', softmax=True), or set the writer's softmax to true."
+        )
+    return values
+
+
 class PredictionWriter(ABC):
-    """Base of the prediction writers: stores the settings, attaches, turns each iteration's logits into probabilities.
+    """Base of the prediction writers: stores the settings, attaches, takes each iteration's class probabilities.
 
     A subclass collects rows in :meth:`collect` and writes them in :meth:`epoch_completed`; every epoch starts
     with no rows (:meth:`reset`).
@@ -171,8 +193,10 @@ class PredictionWriter(ABC):
     Args:
         filepath: the CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> logits, one row per item.
+        output_transform: engine output -> logits (or probabilities, see ``softmax``), one row per item.
         batch_transform: engine batch -> the items' identifiers.
+        softmax: turn the output into probabilities here; False when the evaluator's postprocessing did
+            (``Activationsd(keys="pred", softmax=True)``, as the bundles' ``inference.json`` do).
         name: logger name.
     """
 
@@ -182,12 +206,14 @@ class PredictionWriter(ABC):
         class_names: Sequence[str],
         output_transform: Callable,
         batch_transform: Callable,
+        softmax: bool = True,
         name: str | None = None,
     ) -> None:
         self.filepath = Path(filepath)
         self.class_names = [str(c) for c in class_names]
         self.output_transform = output_transform
         self.batch_transform = batch_transform
+        self.softmax = bool(softmax)
         self.logger = logging.getLogger(name or __name__)
         self.reset()
 
@@ -217,8 +243,8 @@ class PredictionWriter(ABC):
         if isinstance(logits, tuple):
             logits = logits[0]
         logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
-        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
-        self.collect(engine, probabilities)
+        values = torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1)
+        self.collect(engine, torch.softmax(values, dim=1) if self.softmax else checked_probabilities(values))
 
     @abstractmethod
     def epoch_completed(self, engine: Engine) -> None:
@@ -238,10 +264,11 @@ class PatientPredictionWriter(PredictionWriter):
     Args:
         filepath: the per-patient CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> per-frame logits.
+        output_transform: engine output -> per-frame logits (probabilities with ``softmax=False``).
         batch_transform: engine batch -> ``(subject, slice, frame)``.
         info_keys: batch keys holding per-patient text written beside each prediction (absent keys are
             written empty).
+        softmax: see :class:`PredictionWriter`.
         name: logger name.
     """
 
@@ -252,10 +279,11 @@ class PatientPredictionWriter(PredictionWriter):
         output_transform: Callable = from_engine(["pred"]),
         batch_transform: Callable = from_engine(["subject", "slice", "frame"]),
         info_keys: Sequence[str] = ("vendor", "manufacturer"),
+        softmax: bool = True,
         name: str | None = None,
     ) -> None:
         self.info_keys = [str(k) for k in info_keys]
-        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+        super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
 
     def reset(self) -> None:
         self._rows: list[tuple[str, int, int, torch.Tensor]] = []
@@ -320,8 +348,9 @@ class ImagePredictionWriter(PredictionWriter):
     Args:
         filepath: the CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> per-image logits.
+        output_transform: engine output -> per-image logits (probabilities with ``softmax=False``).
         batch_transform: engine batch -> per-image identifiers.
+        softmax: see :class:`PredictionWriter`.
         name: logger name.
     """
 
@@ -331,9 +360,10 @@ class ImagePredictionWriter(PredictionWriter):
         class_names: Sequence[str],
         output_transform: Callable = from_engine(["pred"]),
         batch_transform: Callable = from_engine(["subject"]),
+        softmax: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+        super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
 
     def reset(self) -> None:
         self._rows: list[tuple[str, torch.Tensor]] = []
