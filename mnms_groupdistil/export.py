@@ -280,7 +280,11 @@ every phase (`--frame_stride N` for every N-th phase) is cropped or zero-padded 
 and classified; a volume's frames are combined by majority vote.
 
 Output in `--output_dir`: `predictions.csv` (subject, prediction, frames, vendor and manufacturer
-for DICOM input, votes and mean probability per class) and `frame_predictions.csv`.
+for DICOM input, votes and mean probability per class) and `frame_predictions.csv`; for each DICOM
+series, `<subject>_SR.dcm`: a DICOM Comprehensive SR (an Imaging Measurement Report) in the series'
+study, referencing every image of the series, with the predicted class, its mean probability over
+the frames, the number of frames voted, the vendor group and this bundle's name and version, for
+PACS (highdicom needed; `--dicom_sr False` for the CSVs only).
 """
 
 
@@ -291,7 +295,7 @@ MNMS = ExportSpec(
     readme=_mnms_readme,
     use="Research on vendor-robust classification of HCM vs normal from cine MRI; not for clinical use.",
     packages=("nibabel", "pytorch-ignite"),
-    needs="monai (with pytorch-ignite), torch and nibabel (SimpleITK for DICOM input)",
+    needs="monai (with pytorch-ignite), torch and nibabel (SimpleITK and highdicom for DICOM input)",
     limits="has seen no other scanners, sites or diseases; its figures hold for that test data only. Inputs are "
     "classified frame by frame; a volume whose frames do not show the short-axis heart gets a prediction all the "
     "same.",

@@ -8,7 +8,8 @@ The bundle's ``inference.json`` classifies every slice at every (``frame_stride`
 
 This module and the modules it imports (relatively) are copied verbatim into an exported bundle's
 ``scripts/`` folder (:mod:`mnms_groupdistil.export`), where they run without this package: they import
-only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series).
+only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series; highdicom for the DICOM SR that
+:mod:`mnms_groupdistil.dicom_sr` writes of them).
 """
 
 from __future__ import annotations
@@ -260,6 +261,8 @@ class PatientPredictionWriter(PredictionWriter):
     larger summed probability). A ``frame_predictions.csv`` beside it holds every frame's
     probabilities, slice and frame index. The time from the start to the end of the evaluator's run
     (preprocessing and network, the volumes already read) is logged as volumes and frames per second.
+    ``on_predictions``, when given, then gets one summary per patient (e.g.
+    :class:`mnms_groupdistil.dicom_sr.SeriesReportWriter`, which writes a DICOM SR per DICOM series).
 
     Args:
         filepath: the per-patient CSV to write (parent folders are created).
@@ -269,6 +272,9 @@ class PatientPredictionWriter(PredictionWriter):
         info_keys: batch keys holding per-patient text written beside each prediction (absent keys are
             written empty).
         softmax: see :class:`PredictionWriter`.
+        on_predictions: called after the CSVs are written with ``[{"subject", "prediction", "probability" (the
+            predicted class's mean probability over the frames), "frames", "votes" and "mean_probability" (per
+            class), and the info keys}, ...]``, one per patient; None for the CSVs only.
         name: logger name.
     """
 
@@ -280,9 +286,11 @@ class PatientPredictionWriter(PredictionWriter):
         batch_transform: Callable = from_engine(["subject", "slice", "frame"]),
         info_keys: Sequence[str] = ("vendor", "manufacturer"),
         softmax: bool = True,
+        on_predictions: Callable[[list[dict[str, Any]]], Any] | None = None,
         name: str | None = None,
     ) -> None:
         self.info_keys = [str(k) for k in info_keys]
+        self.on_predictions = on_predictions
         super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
 
     def reset(self) -> None:
@@ -309,7 +317,7 @@ class PatientPredictionWriter(PredictionWriter):
         seconds = time.perf_counter() - self._started
         header = ["subject", "prediction", "frames", *self.info_keys]
         header += [f"votes_{c}" for c in self.class_names] + [f"mean_probability_{c}" for c in self.class_names]
-        lines = []
+        lines, summaries = [], []
         with open(self.filepath, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -321,6 +329,17 @@ class PatientPredictionWriter(PredictionWriter):
                 info = self._info[subject]
                 writer.writerow([subject, prediction, len(rows), *info, *votes, *(f"{m:.4f}" for m in mean)])
                 lines.append(f"{subject}: {prediction} ({len(rows)} frames, votes {votes})")
+                summaries.append(
+                    {
+                        "subject": subject,
+                        "prediction": prediction,
+                        "probability": mean[self.class_names.index(prediction)],
+                        "frames": len(rows),
+                        "votes": dict(zip(self.class_names, votes)),
+                        "mean_probability": dict(zip(self.class_names, mean)),
+                        **dict(zip(self.info_keys, info)),
+                    }
+                )
         with open(self.filepath.with_name("frame_predictions.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["subject", "slice", "frame", *(f"probability_{c}" for c in self.class_names)])
@@ -336,6 +355,8 @@ class PatientPredictionWriter(PredictionWriter):
             len(by_subject) / max(seconds, 1e-9),
             len(self._rows) / max(seconds, 1e-9),
         )
+        if self.on_predictions is not None:
+            self.on_predictions(summaries)
 
 
 class ImagePredictionWriter(PredictionWriter):

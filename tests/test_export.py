@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import refused
+from conftest import refused, sr_items, write_dicom_series
 from monai.bundle import ConfigParser, ConfigWorkflow, download_large_files, verify_net_in_out
 from test_foreign_cohort import _write_cohort
 
@@ -211,6 +211,46 @@ def test_the_exported_inference_refuses_a_mistyped_override_without_the_package(
     command += ["--dataset_dir", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--devcie", "cpu"]
     lines = refused(_run(command, bundle, _without_package(tmp_path)), 3)
     assert lines[1] == "`devcie` is not a setting of this bundle; did you mean `device`?"
+
+
+@pytest.mark.slow
+def test_the_exported_bundle_reports_a_dicom_series_as_sr_and_names_highdicom_where_it_is_missing(tmp_path):
+    """Without the package: a DICOM series in, predictions.csv and a Comprehensive SR in the series' study out, with
+    the export's name and version; where highdicom is missing too, the run stops on a message naming it."""
+    import pydicom
+
+    _fake_run(tmp_path / "run")
+    bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle", version="1.2.0")
+    assert (bundle / "scripts" / "dicom_sr.py").read_bytes() == (REPO / "mnms_groupdistil" / "dicom_sr.py").read_bytes()
+    volume = np.random.default_rng(3).integers(0, 2000, (24, 21, 2, 3)).astype(np.int16)
+    write_dicom_series(tmp_path / "scans" / "P7", volume, "TOSHIBA_MEC", "1.2.826.0.1.55.1", "1.2.826.0.1.55", "GD0055")
+    env = _without_package(tmp_path)
+    run_exported_inference(bundle, tmp_path / "scans", tmp_path / "out", env)
+    with open(tmp_path / "out" / "predictions.csv") as f:
+        (row,) = csv.DictReader(f)
+    sr = pydicom.dcmread(tmp_path / "out" / "P7_SR.dcm")
+    (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+    assert (sr.StudyInstanceUID, sr.PatientID, evidence.ReferencedSeriesSequence[0].SeriesInstanceUID) == (
+        "1.2.826.0.1.55", "GD0055", "1.2.826.0.1.55.1"
+    )  # fmt: skip
+    items = sr_items(sr)
+    assert items["Finding"] == [row["prediction"]] and items["Number of Frames"] == [2 * 3] and row["frames"] == "6"
+    assert items["Probability"] == [pytest.approx(float(row[f"mean_probability_{row['prediction']}"]), abs=5e-5)]
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert set(items["Algorithm Name"]) == {metadata["name"]} and set(items["Algorithm Version"]) == {"1.2.0"}
+    assert items["Scanner vendor group"] == ["D"]
+
+    (tmp_path / "blocker" / "highdicom.py").write_text("raise ImportError('highdicom is not installed here')\n")
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json"]
+    command += ["--dataset_dir", str(tmp_path / "scans"), "--output_dir", str(tmp_path / "out2"), "--device", "cpu"]
+    (message,) = refused(_run(command, bundle, env), 1)
+    assert "highdicom, which writes the DICOM SR, is not installed: pip install highdicom" in message
+    assert "set dicom_sr to false" in message
+    (message,) = refused(_run([*command, "--dicom_sr", "false"], bundle, env), 1)  # fire passes it as a string
+    assert message == "dicom_sr must be true or false (on the command line: --dicom_sr False), got 'false'."
+    csv_only = _run([*command, "--dicom_sr", "False", "--num_workers", "0"], bundle, env)
+    assert csv_only.returncode == 0, csv_only.stderr[-3000:]
+    assert (tmp_path / "out2" / "predictions.csv").is_file() and not list((tmp_path / "out2").glob("*.dcm"))
 
 
 def export_with_the_cli(run: Path, bundle: Path) -> dict:
