@@ -288,8 +288,12 @@ def config_problems(config: dict) -> list[str]:
 
 
 def merged_config(files: list[str]) -> dict:
+    """The configs merged, ``metadata.json`` beside the first under ``_meta_``: what ``monai.bundle run`` reads."""
     parser = ConfigParser()
     parser.read_config(files)
+    metadata = Path(files[0]).parent / "metadata.json"
+    if metadata.is_file():
+        parser.read_meta(str(metadata))
     return parser.get()
 
 
