@@ -14,6 +14,8 @@ writes, from the run's ``run_config.json`` (:mod:`mnms_groupdistil.run_settings`
         models/model.ts          TorchScript (and models/model.onnx with --onnx)
         scripts/                 the package modules inference.json uses, copied verbatim
         docs/README.md  LICENSE
+        large_files.yml          the files over the model zoo's 25 MB limit, with their sha256 and download
+                                 address (``--download_url``), when there are any
 
 so that inside BUNDLE_DIR ``python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN
 --output_dir OUT`` needs monai (with pytorch-ignite), torch and nibabel only (SimpleITK for DICOM input; Pillow
@@ -31,9 +33,11 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import hashlib
 import importlib.util
 import json
 import logging
+import math
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -55,7 +59,9 @@ __all__ = [
     "WATERBIRDS",
     "ExportSpec",
     "export_bundle",
+    "large_files",
     "monai_network_def",
+    "output_format",
     "spec_of",
     "to_monai_state_dict",
 ]
@@ -69,6 +75,9 @@ _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+)\.(norm|relu|conv)(\d)\.(.+)$")
 _RESNET_LAYERS = {"resnet18": ("ResNetBlock", [2, 2, 2, 2]), "resnet34": ("ResNetBlock", [3, 4, 6, 3])}
 _RESNET_LAYERS["resnet50"] = ("ResNetBottleneck", [3, 4, 6, 3])
+#: The model zoo's limit on one file of a bundle (25 MB); a larger file is listed in ``large_files.yml``.
+MODEL_ZOO_FILE_BYTES = 25 * 1000 * 1000
+LARGE_FILES = "large_files.yml"
 
 
 # ------------------------------------------------------------------------------------------- network
@@ -271,7 +280,11 @@ every phase (`--frame_stride N` for every N-th phase) is cropped or zero-padded 
 and classified; a volume's frames are combined by majority vote.
 
 Output in `--output_dir`: `predictions.csv` (subject, prediction, frames, vendor and manufacturer
-for DICOM input, votes and mean probability per class) and `frame_predictions.csv`.
+for DICOM input, votes and mean probability per class) and `frame_predictions.csv`; for each DICOM
+series, `<subject>_SR.dcm`: a DICOM Comprehensive SR (an Imaging Measurement Report) in the series'
+study, referencing every image of the series, with the predicted class, its mean probability over
+the frames, the number of frames voted, the vendor group and this bundle's name and version, for
+PACS (highdicom needed; `--dicom_sr False` for the CSVs only).
 """
 
 
@@ -282,7 +295,7 @@ MNMS = ExportSpec(
     readme=_mnms_readme,
     use="Research on vendor-robust classification of HCM vs normal from cine MRI; not for clinical use.",
     packages=("nibabel", "pytorch-ignite"),
-    needs="monai (with pytorch-ignite), torch and nibabel (SimpleITK for DICOM input)",
+    needs="monai (with pytorch-ignite), torch and nibabel (SimpleITK and highdicom for DICOM input)",
     limits="has seen no other scanners, sites or diseases; its figures hold for that test data only. Inputs are "
     "classified frame by frame; a volume whose frames do not show the short-axis heart gets a prediction all the "
     "same.",
@@ -337,9 +350,14 @@ def spec_of(settings: Mapping[str, Any]) -> ExportSpec:
 # ------------------------------------------------------------------------------------------- export
 
 
+def _is_figure(value: Any) -> bool:
+    """A number a table or ``eval_metrics`` can hold (``metrics.json`` writes a group without patients as null)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The run's figures on test data: ``test_*`` metrics and the per-group ``test_*`` entries."""
-    scalars = {k: v for k, v in (metrics.get("metrics") or {}).items() if k.startswith("test_")}
+    """The run's figures on test data: finite ``test_*`` metrics and the per-group ``test_*`` entries."""
+    scalars = {k: v for k, v in (metrics.get("metrics") or {}).items() if k.startswith("test_") and _is_figure(v)}
     per_group = {
         group: {k: v for k, v in values.items() if k.startswith("test_")}
         for group, values in (metrics.get("per_group") or {}).items()
@@ -389,6 +407,13 @@ against the metadata, or re-export it:
     python -m monai.bundle ckpt_export network_def --filepath model.ts --ckpt_file models/model.pt \\
         --key_in_ckpt "" --meta_file configs/metadata.json --config_file configs/inference.json
 
+The network computes logits; `postprocessing` in `configs/inference.json` turns them into class
+probabilities (a softmax), the bundle's output `pred` (`metadata.json`: type `probabilities`,
+format `classes`). `large_files.yml`, where present, lists the files over the model zoo's 25 MB
+per file with their sha256 and download address: upload them, check each `url`, and leave them
+out of a model-zoo submission; `python -m monai.bundle download_large_files --bundle_path .`
+fetches them back.
+
 {spec.readme(settings, metrics, figures)}
 ## How it was trained
 
@@ -406,6 +431,70 @@ the run (`run_config.json`):
 """
 
 
+def output_format(class_names: Sequence[str]) -> dict[str, Any]:
+    """``network_data_format.outputs.pred`` of an exported bundle: class probabilities, one channel per class.
+
+    The network computes logits; the exported ``inference.json`` turns them into probabilities in its
+    ``postprocessing`` (a softmax), which is what the bundle's output is, and MONAI's tools read it as the
+    bundle specification's ``probabilities`` type with ``classes`` format.
+    """
+    names = [str(c) for c in class_names]
+    return {
+        "type": "probabilities",
+        "format": "classes",
+        "num_channels": len(names),
+        "spatial_shape": [len(names)],
+        "dtype": "float32",
+        "value_range": [0, 1],
+        "is_patch_data": False,
+        "channel_def": {str(i): c for i, c in enumerate(names)},
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def large_files(
+    bundle_dir: str | Path, download_url: str | None = None, limit_bytes: int = MODEL_ZOO_FILE_BYTES
+) -> list[dict[str, str]]:
+    """The ``large_files.yml`` entries of ``bundle_dir``: every file larger than ``limit_bytes``.
+
+    Each entry holds ``path`` (relative to the bundle, ``/``-separated), ``url`` (``download_url`` + ``/`` +
+    that path; empty without ``download_url``, to be filled in), ``hash_val`` (the file's sha256) and
+    ``hash_type`` ``sha256``: the fields ``python -m monai.bundle download_large_files`` reads.
+    """
+    bundle_dir = Path(bundle_dir)
+    base = (download_url or "").rstrip("/")
+    entries = []
+    for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file()):
+        if path.stat().st_size > limit_bytes:
+            relative = path.relative_to(bundle_dir).as_posix()
+            entries.append(
+                {
+                    "path": relative,
+                    "url": f"{base}/{relative}" if base else "",
+                    "hash_val": _sha256(path),
+                    "hash_type": "sha256",
+                }
+            )
+    return entries
+
+
+def write_large_files(entries: Sequence[Mapping[str, str]], path: Path) -> Path:
+    """Write ``entries`` (:func:`large_files`) as the model zoo's ``large_files.yml``; every value double-quoted."""
+    lines = ["large_files:"]
+    for entry in entries:
+        for i, (key, value) in enumerate(entry.items()):
+            lines.append(f"  {'-' if i == 0 else ' '} {key}: {json.dumps(str(value))}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 def export_bundle(
     run_dir: str | Path,
     bundle_dir: str | Path,
@@ -414,6 +503,7 @@ def export_bundle(
     onnx: bool = False,
     spec: ExportSpec | None = None,
     source_bundle: str | Path | None = None,
+    download_url: str | None = None,
 ) -> Path:
     """Write the bundle of the network trained in ``run_dir`` to ``bundle_dir``.
 
@@ -425,6 +515,8 @@ def export_bundle(
         onnx: also write ``models/model.onnx`` (needs the onnx package).
         spec: the dataset-specific parts; default: the spec of the bundle the run records (:func:`spec_of`).
         source_bundle: the bundle whose ``inference.json`` is exported; default ``bundles/<spec.bundle>``.
+        download_url: where the files over the model zoo's 25 MB will be downloadable (``large_files.yml``
+            gives each ``download_url/<its path in the bundle>``); None leaves the addresses to fill in.
 
     Returns:
         ``bundle_dir``.
@@ -515,13 +607,7 @@ def export_bundle(
     )
     if spec.value_range is not None:
         data_format["inputs"]["image"]["value_range"] = list(spec.value_range)
-    data_format["outputs"]["pred"].update(
-        {
-            "num_channels": num_classes,
-            "spatial_shape": [num_classes],
-            "channel_def": {str(i): c for i, c in enumerate(settings["class_names"])},
-        }
-    )
+    data_format["outputs"]["pred"] = output_format(settings["class_names"])
 
     (bundle_dir / "configs").mkdir(parents=True, exist_ok=True)
     (bundle_dir / "models").mkdir()
@@ -566,8 +652,29 @@ def export_bundle(
         )
     readme = _readme(spec, settings, metrics, figures, run_dir.name, version, checkpoint, config.get("amp"))
     (bundle_dir / "docs" / "README.md").write_text(readme)
+    _list_large_files(bundle_dir, download_url)
     logger.info("exported %s (%s, %d scripts) to %s", run_dir, name, len(modules), bundle_dir)
     return bundle_dir
+
+
+def _list_large_files(bundle_dir: Path, download_url: str | None) -> None:
+    """Write ``large_files.yml`` when the bundle holds a file over the model zoo's limit, and say what to do."""
+    entries = large_files(bundle_dir, download_url)
+    if not entries:
+        return
+    write_large_files(entries, bundle_dir / LARGE_FILES)
+    names = ", ".join(e["path"] for e in entries)
+    todo = (
+        "" if download_url else "; their download addresses are empty: fill in each url, or export with --download_url"
+    )
+    logger.info(
+        "%s lists %s (over the model zoo's %d MB per file): upload them and leave them out of a model-zoo "
+        "submission%s.",
+        bundle_dir / LARGE_FILES,
+        names,
+        MODEL_ZOO_FILE_BYTES // 10**6,
+        todo,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -578,11 +685,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--version", default="0.1.0", help="the bundle's semantic version (default: %(default)s)")
     parser.add_argument("--onnx", action="store_true", help="also write models/model.onnx")
     parser.add_argument("--source_bundle", default=None, help="bundle whose inference.json is exported")
+    parser.add_argument(
+        "--download_url",
+        default=None,
+        help="address the files over the model zoo's 25 MB will be downloaded from: large_files.yml gives each "
+        "URL/<its path in the bundle>",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         out = export_bundle(
-            args.run_dir, args.bundle_dir, args.checkpoint, args.version, args.onnx, None, args.source_bundle
+            args.run_dir,
+            args.bundle_dir,
+            args.checkpoint,
+            args.version,
+            args.onnx,
+            None,
+            args.source_bundle,
+            args.download_url,
         )
     except ValueError as e:
         parser.exit(2, f"error: {e}\n")

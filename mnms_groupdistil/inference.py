@@ -8,7 +8,8 @@ The bundle's ``inference.json`` classifies every slice at every (``frame_stride`
 
 This module and the modules it imports (relatively) are copied verbatim into an exported bundle's
 ``scripts/`` folder (:mod:`mnms_groupdistil.export`), where they run without this package: they import
-only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series).
+only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series; highdicom for the DICOM SR that
+:mod:`mnms_groupdistil.dicom_sr` writes of them).
 """
 
 from __future__ import annotations
@@ -163,8 +164,30 @@ class LoadCineInputd(MapTransform):
         return d
 
 
+#: How far a row of probabilities may sum from 1 (float32 rounding of a softmax over a few classes).
+PROBABILITY_SUM_TOLERANCE = 1e-3
+
+
+def checked_probabilities(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (one row per item), checked to be class probabilities: in [0, 1], each row summing to 1.
+
+    Raises:
+        ValueError: naming the first row that is not, and the two ways to fix it.
+    """
+    sums = values.sum(dim=1)
+    bad = ((values < 0) | (values > 1)).any(dim=1) | ((sums - 1).abs() > PROBABILITY_SUM_TOLERANCE)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0])
+        raise ValueError(
+            f"the prediction writer has softmax=False, but its output row {row} is not probabilities "
+            f"({[round(float(v), 4) for v in values[row]]}, sum {float(sums[row]):.4f}): give the evaluator a "
+            "postprocessing with Activationsd(keys='pred', softmax=True), or set the writer's softmax to true."
+        )
+    return values
+
+
 class PredictionWriter(ABC):
-    """Base of the prediction writers: stores the settings, attaches, turns each iteration's logits into probabilities.
+    """Base of the prediction writers: stores the settings, attaches, takes each iteration's class probabilities.
 
     A subclass collects rows in :meth:`collect` and writes them in :meth:`epoch_completed`; every epoch starts
     with no rows (:meth:`reset`).
@@ -172,8 +195,10 @@ class PredictionWriter(ABC):
     Args:
         filepath: the CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> logits, one row per item.
+        output_transform: engine output -> logits (or probabilities, see ``softmax``), one row per item.
         batch_transform: engine batch -> the items' identifiers.
+        softmax: turn the output into probabilities here; False when the evaluator's postprocessing did
+            (``Activationsd(keys="pred", softmax=True)``, as the bundles' ``inference.json`` do).
         name: logger name.
     """
 
@@ -183,12 +208,14 @@ class PredictionWriter(ABC):
         class_names: Sequence[str],
         output_transform: Callable,
         batch_transform: Callable,
+        softmax: bool = True,
         name: str | None = None,
     ) -> None:
         self.filepath = Path(filepath)
         self.class_names = [str(c) for c in class_names]
         self.output_transform = output_transform
         self.batch_transform = batch_transform
+        self.softmax = bool(softmax)
         self.logger = logging.getLogger(name or __name__)
         self.reset()
 
@@ -219,8 +246,8 @@ class PredictionWriter(ABC):
         if isinstance(logits, tuple):
             logits = logits[0]
         logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
-        probabilities = torch.softmax(torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1), dim=1)
-        self.collect(engine, probabilities)
+        values = torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1)
+        self.collect(engine, torch.softmax(values, dim=1) if self.softmax else checked_probabilities(values))
 
     @abstractmethod
     def epoch_completed(self, engine: Engine) -> None:
@@ -236,14 +263,20 @@ class PatientPredictionWriter(PredictionWriter):
     larger summed probability). A ``frame_predictions.csv`` beside it holds every frame's
     probabilities, slice and frame index. The time from the start to the end of the evaluator's run
     (preprocessing and network, the volumes already read) is logged as volumes and frames per second.
+    ``on_predictions``, when given, then gets one summary per patient (e.g.
+    :class:`mnms_groupdistil.dicom_sr.SeriesReportWriter`, which writes a DICOM SR per DICOM series).
 
     Args:
         filepath: the per-patient CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> per-frame logits.
+        output_transform: engine output -> per-frame logits (probabilities with ``softmax=False``).
         batch_transform: engine batch -> ``(subject, slice, frame)``.
         info_keys: batch keys holding per-patient text written beside each prediction (absent keys are
             written empty).
+        softmax: see :class:`PredictionWriter`.
+        on_predictions: called after the CSVs are written with ``[{"subject", "prediction", "probability" (the
+            predicted class's mean probability over the frames), "frames", "votes" and "mean_probability" (per
+            class), and the info keys}, ...]``, one per patient; None for the CSVs only.
         name: logger name.
     """
 
@@ -254,10 +287,13 @@ class PatientPredictionWriter(PredictionWriter):
         output_transform: Callable = from_engine(["pred"]),
         batch_transform: Callable = from_engine(["subject", "slice", "frame"]),
         info_keys: Sequence[str] = ("vendor", "manufacturer"),
+        softmax: bool = True,
+        on_predictions: Callable[[list[dict[str, Any]]], Any] | None = None,
         name: str | None = None,
     ) -> None:
         self.info_keys = [str(k) for k in info_keys]
-        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+        self.on_predictions = on_predictions
+        super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
 
     def reset(self) -> None:
         self._rows: list[tuple[str, int, int, torch.Tensor]] = []
@@ -283,7 +319,7 @@ class PatientPredictionWriter(PredictionWriter):
         seconds = time.perf_counter() - self._started
         header = ["subject", "prediction", "frames", *self.info_keys]
         header += [f"votes_{c}" for c in self.class_names] + [f"mean_probability_{c}" for c in self.class_names]
-        lines = []
+        lines, summaries = [], []
         with open(self.filepath, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
@@ -295,6 +331,17 @@ class PatientPredictionWriter(PredictionWriter):
                 info = self._info[subject]
                 writer.writerow([subject, prediction, len(rows), *info, *votes, *(f"{m:.4f}" for m in mean)])
                 lines.append(f"{subject}: {prediction} ({len(rows)} frames, votes {votes})")
+                summaries.append(
+                    {
+                        "subject": subject,
+                        "prediction": prediction,
+                        "probability": mean[self.class_names.index(prediction)],
+                        "frames": len(rows),
+                        "votes": dict(zip(self.class_names, votes)),
+                        "mean_probability": dict(zip(self.class_names, mean)),
+                        **dict(zip(self.info_keys, info)),
+                    }
+                )
         with open(self.filepath.with_name("frame_predictions.csv"), "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["subject", "slice", "frame", *(f"probability_{c}" for c in self.class_names)])
@@ -310,6 +357,8 @@ class PatientPredictionWriter(PredictionWriter):
             len(by_subject) / max(seconds, 1e-9),
             len(self._rows) / max(seconds, 1e-9),
         )
+        if self.on_predictions is not None:
+            self.on_predictions(summaries)
 
 
 class ImagePredictionWriter(PredictionWriter):
@@ -322,8 +371,9 @@ class ImagePredictionWriter(PredictionWriter):
     Args:
         filepath: the CSV to write (parent folders are created).
         class_names: one name per output channel.
-        output_transform: engine output -> per-image logits.
+        output_transform: engine output -> per-image logits (probabilities with ``softmax=False``).
         batch_transform: engine batch -> per-image identifiers.
+        softmax: see :class:`PredictionWriter`.
         name: logger name.
     """
 
@@ -333,9 +383,10 @@ class ImagePredictionWriter(PredictionWriter):
         class_names: Sequence[str],
         output_transform: Callable = from_engine(["pred"]),
         batch_transform: Callable = from_engine(["subject"]),
+        softmax: bool = True,
         name: str | None = None,
     ) -> None:
-        super().__init__(filepath, class_names, output_transform, batch_transform, name)
+        super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
 
     def reset(self) -> None:
         self._rows: list[tuple[str, torch.Tensor]] = []

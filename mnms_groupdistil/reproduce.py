@@ -47,6 +47,18 @@ their own; ``--methods`` limits the methods (the teacher comes with a distiller)
 then starts with a stability table per split: each cell's last-epoch worst-group accuracy on
 validation and test data, its swing over the last three epochs and the runs that ended with a
 group at or below 55 %, and the paired GroupDistil - KD difference.
+
+``--launcher slurm`` trains every run as a SLURM job through submitit (:mod:`mnms_groupdistil.slurm`;
+``pip install mnms_groupdistil[slurm]``), from a login node:
+
+    python -m mnms_groupdistil.reproduce /data/MnM/OpenDataset --seeds 0 1 2 3 4 --output_dir runs/reproduce \
+        --launcher slurm --partition gpu --gpus_per_run 1 --cpus_per_run 8 --time 2:00:00
+
+The runs that need no teacher are submitted at once; a distilling run is submitted when its teacher's job has
+ended. The command waits for the jobs and writes the summary when the last has ended; stopped earlier, it leaves
+the submitted jobs running, and ``--collect`` (the same arguments) writes the summary once they have all finished.
+``--jobs N`` caps the jobs submitted at a time (default: all). A job with several GPUs trains its run under
+``torchrun``, one process per GPU, with the bundle's ``multi_gpu_train.json``.
 """
 
 from __future__ import annotations
@@ -66,6 +78,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnms_groupdistil.errors import SettingError
 from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.paper import (
     group_table,
@@ -82,12 +95,15 @@ from mnms_groupdistil.paper import (
 from mnms_groupdistil.plots import plot_group_weights
 from mnms_groupdistil.registry import DATASETS, MEAN, WORST, DatasetSpec, Method, Metric, bundles_dir
 from mnms_groupdistil.runs import load_metrics
+from mnms_groupdistil.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor
 
 __all__ = [
     "Run",
     "bundle_args",
+    "bundle_command",
     "cell_folder",
     "cell_name",
+    "collect_rows",
     "config_files",
     "scoped_config",
     "main",
@@ -98,6 +114,7 @@ __all__ = [
     "run_grid",
     "run_key",
     "run_state",
+    "submission_order",
     "teacher_checkpoint",
     "write_outputs",
 ]
@@ -373,13 +390,22 @@ def run_state(run_dir: str | Path, max_epochs: int, required: Sequence[str] = (W
     return "partial" if any(Path(run_dir).glob("checkpoint*.pt")) else "new"
 
 
-def run_bundle(args_path: Path, log_path: Path) -> int:
-    """Run one bundle training in a new Python process; its output is appended to ``log_path``.
+def bundle_command(args_path: Path, processes: int = 1) -> list[str]:
+    """``python -m monai.bundle run --args_file ARGS``; for several processes under ``torchrun --standalone``."""
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    else:
+        launcher = [sys.executable]
+    return [*launcher, "-m", "monai.bundle", "run", "--args_file", str(args_path)]
+
+
+def run_bundle(args_path: Path, log_path: Path, processes: int = 1) -> int:
+    """Run one bundle training in a new Python process (``processes`` under torchrun); output appended to ``log_path``.
 
     Returns:
         The process's exit status.
     """
-    command = [sys.executable, "-m", "monai.bundle", "run", "--args_file", str(args_path)]
+    command = bundle_command(args_path, processes)
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
@@ -481,17 +507,10 @@ def _train_one(
 ) -> dict[str, Any]:
     """Reuse or train one run of :func:`run_grid` (its :func:`bundle_args` given) and return its row."""
     args_path = run.run_dir / RUN_ARGS
-    if args_path.is_file():
-        before = json.loads(args_path.read_text(encoding="utf-8"))
-        if before != args:
-            changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
-            raise ValueError(
-                f"{run.run_dir} holds a run started with other settings ({', '.join(changed)} differ in "
-                f"{args_path}): use another --output_dir, or remove that folder to train it again."
-            )
+    _check_recorded_args(run, args)
     max_epochs = int(resolve_setting(args, "train#trainer#max_epochs"))
     state = run_state(run.run_dir, max_epochs, required)
-    eta_w = float(resolve_setting(args, "group_step_size")) if run.method.robust else None
+    eta_w = _eta_w(run, args)
     if state == "done":
         report = load_metrics(run.run_dir)
         logger.info(f"{prefix}: finished earlier, reused; {_summary(report, spec.headline)}")
@@ -516,6 +535,77 @@ def _train_one(
     report = load_metrics(run.run_dir)
     logger.info(f"{prefix}: done in {seconds:.0f} s; {_summary(report, spec.headline)}")
     return _row(spec, run, report, eta_w)
+
+
+def _check_recorded_args(run: Run, args: Mapping[str, Any]) -> None:
+    """Refuse a run folder whose ``run_args.json`` holds other settings than ``args``.
+
+    Raises:
+        ValueError: naming the settings that differ and what to do.
+    """
+    args_path = run.run_dir / RUN_ARGS
+    if args_path.is_file():
+        before = json.loads(args_path.read_text(encoding="utf-8"))
+        if before != args:
+            changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
+            raise ValueError(
+                f"{run.run_dir} holds a run started with other settings ({', '.join(changed)} differ in "
+                f"{args_path}): use another --output_dir, or remove that folder to train it again."
+            )
+
+
+def _eta_w(run: Run, args: Mapping[str, Any]) -> float | None:
+    """The group-weight step size a robust run trains with (None for the others)."""
+    return float(resolve_setting(args, "group_step_size")) if run.method.robust else None
+
+
+def collect_rows(
+    spec: DatasetSpec,
+    runs: Sequence[Run],
+    dataset_dir: str | Path,
+    bundles_dir: str | Path = BUNDLES_DIR,
+    extra_configs: Sequence[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    split_seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One :func:`result_row` per run, in ``runs``' order, from runs that have all finished; trains nothing.
+
+    What ``reproduce --collect`` summarises: the runs an earlier command (or its jobs) trained.
+
+    Args:
+        spec, runs, dataset_dir, bundles_dir, extra_configs, overrides, split_seed: as for :func:`run_grid`.
+
+    Raises:
+        ValueError: a run folder holds a run started with other settings.
+        RuntimeError: some runs have not finished (each named with its state).
+    """
+    required = [m.key for m in (*spec.headline, WORST, MEAN)]
+    rows, unfinished = [], []
+    for run in runs:
+        try:
+            teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
+        except ValueError as error:  # the teacher has not finished: it is listed too
+            unfinished.append(f"{run.name}: {error}")
+            continue
+        args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
+        _check_recorded_args(run, args)
+        state = run_state(run.run_dir, int(resolve_setting(args, "train#trainer#max_epochs")), required)
+        if state != "done":
+            unfinished.append(f"{run.name}: {state} ({run.run_dir})")
+            continue
+        rows.append(_row(spec, run, load_metrics(run.run_dir), _eta_w(run, args)))
+    if unfinished:
+        raise RuntimeError(
+            f"{len(unfinished)} of {len(runs)} runs have not finished, so there is no summary yet:\n"
+            + "\n".join(f"  {line}" for line in unfinished)
+            + "\nWait for their jobs to end, or run the command without --collect to train them."
+        )
+    return rows
+
+
+def submission_order(runs: Sequence[Run]) -> list[Run]:
+    """``runs`` with those that need no teacher first (submitted at once as jobs), then the distilling ones."""
+    return [r for r in runs if r.teacher_dir is None] + [r for r in runs if r.teacher_dir is not None]
 
 
 def _row(spec: DatasetSpec, run: Run, report: Mapping[str, Any], eta_w: float | None) -> dict[str, Any]:
@@ -654,11 +744,82 @@ def _cell_sections(
     return lines, plots
 
 
-def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] = run_bundle) -> int:
+def _add_launcher_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose where the runs train (this machine or SLURM jobs) and ``--collect``."""
+    parser.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local: processes of this machine (default); slurm: one SLURM job per run, through submitit",
+    )
+    slurm = parser.add_argument_group("SLURM jobs (--launcher slurm)")
+    slurm.add_argument("--partition", help="the jobs' SLURM partition")
+    slurm.add_argument("--gpus_per_run", type=int, help="GPUs of each run's job (default 1; several: torchrun)")
+    slurm.add_argument("--cpus_per_run", type=int, help="CPUs of each run's job (data loading)")
+    slurm.add_argument("--time", help="each job's time limit, as SLURM writes it: 120, 2:00:00, 1-12")
+    slurm.add_argument(
+        "--slurm_parameters",
+        help="JSON file of further submitit parameters (e.g. slurm_account, mem_gb, slurm_additional_parameters); "
+        "the options above override it",
+    )
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: write the summary of runs that have finished (e.g. as SLURM jobs of an earlier command)",
+    )
+
+
+def _job_parameters(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The jobs' submitit parameters for ``--launcher slurm``, else None.
+
+    Raises:
+        SettingError: a SLURM option without ``--launcher slurm``, or a bad one
+            (:func:`mnms_groupdistil.slurm.job_parameters`).
+    """
+    options = ("partition", "gpus_per_run", "cpus_per_run", "time", "slurm_parameters")
+    if args.launcher != "slurm":
+        given = [f"--{name}" for name in options if getattr(args, name) is not None]
+        if given:
+            raise SettingError(f"{', '.join(given)} only apply to --launcher slurm.")
+        return None
+    return job_parameters(
+        args.partition, args.gpus_per_run, args.cpus_per_run, args.time, args.slurm_parameters, not args.collect
+    )
+
+
+def _train(
+    args: argparse.Namespace,
+    spec: DatasetSpec,
+    runs: Sequence[Run],
+    overrides: Mapping[str, Any],
+    runner: Callable[..., int],
+    parameters: Mapping[str, Any] | None,
+    cluster: str,
+) -> list[dict[str, Any]]:
+    """:func:`run_grid` on this machine, or with each run a job of a submitit executor on ``cluster``."""
+    common = (spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed)
+    if parameters is None:
+        return run_grid(*common, runner, args.jobs or 1)
+    executor = make_executor(Path(args.output_dir) / JOBS_FOLDER, parameters, cluster)
+    ordered = submission_order(runs)
+    jobs = JobRunner(executor, runner, max(1, int(parameters["gpus_per_node"])))
+    rows = run_grid(spec, ordered, *common[2:], jobs, args.jobs or len(ordered))
+    by_dir = {run.run_dir: row for run, row in zip(ordered, rows)}
+    return [by_dir[run.run_dir] for run in runs]
+
+
+def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bundle, cluster: str = "slurm") -> int:
     """The command line; ``runner`` executes each run (default: a new Python process, :func:`run_bundle`).
 
+    Args:
+        argv: the arguments (default: the command line's).
+        runner: ``(args_path, log_path) -> exit status``; with ``--launcher slurm`` it runs in each job and takes
+            the job's process count too (a module-level function).
+        cluster: the submitit cluster of ``--launcher slurm`` (``"local"``: jobs as processes of this machine).
+
     Returns:
-        The exit status: 0, or 1 when a run failed or a run folder holds other settings.
+        The exit status: 0, or 1 when a run failed, a run folder holds other settings, or (``--collect``) a run
+        has not finished.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -683,8 +844,8 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     parser.add_argument(
         "--jobs",
         type=int,
-        default=1,
-        help="runs trained at the same time, each its own process (with OMP_NUM_THREADS=1 on a small CPU)",
+        help="runs trained at the same time, each its own process (with OMP_NUM_THREADS=1 on a small CPU); "
+        "default 1, or with --launcher slurm every run",
     )
     parser.add_argument(
         "--grid",
@@ -695,6 +856,7 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
     )
     parser.add_argument("--methods", nargs="+", help="methods to run (default all; the teacher comes with distillers)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
+    _add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -711,9 +873,14 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
             parser.error(f"--config_file {config}: no method {scope!r} in {spec.name} (methods: {keys}).")
         if not Path(path).is_file():
             parser.error(f"--config_file {config}: {path} does not exist.")
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}.")
+    if args.collect and args.dry_run:
+        parser.error("--collect and --dry_run: choose one.")
     try:
+        parameters = _job_parameters(args)
+        if parameters is not None and parameters["gpus_per_node"] > 1:  # one process per GPU: the DDP configs
+            args.config_file = [str(bundle / "configs" / "multi_gpu_train.json"), *args.config_file]
         overrides = parse_overrides(args.override)
         seeds = args.seeds if args.seeds is not None else list(range(spec.paper_seeds))
         sweep = spec.method(spec.sweep)
@@ -737,10 +904,12 @@ def main(argv: Sequence[str] | None = None, runner: Callable[[Path, Path], int] 
         return 0
     start = time.monotonic()
     try:
-        rows = run_grid(
-            spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed, runner,
-            args.jobs,
-        )
+        if args.collect:
+            rows = collect_rows(
+                spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed
+            )
+        else:
+            rows = _train(args, spec, runs, overrides, runner, parameters, cluster)
     except (RuntimeError, ValueError) as error:
         logger.error(str(error))
         return 1

@@ -19,6 +19,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.bundle.config_item import ComponentLocator
 from monai.bundle.reference_resolver import ReferenceResolver
@@ -296,9 +297,12 @@ def config_problems(config: dict) -> list[str]:
 
 
 def merged_config(files: list[str]) -> dict:
-    """The config ``files`` merged in order, unparsed."""
+    """The configs merged, ``metadata.json`` beside the first under ``_meta_``: what ``monai.bundle run`` reads."""
     parser = ConfigParser()
     parser.read_config(files)
+    metadata = Path(files[0]).parent / "metadata.json"
+    if metadata.is_file():
+        parser.read_meta(str(metadata))
     return parser.get()
 
 
@@ -376,3 +380,75 @@ def write_foreign_cohort(root: Path) -> None:
         writer = csv.writer(f, lineterminator="\r\n")
         writer.writerow(MNMS_RELEASE_HEADER)
         writer.writerows(rows)
+
+
+def write_dicom_series(
+    folder: Path,
+    volume: np.ndarray,
+    manufacturer: str,
+    series_uid: str = "1.2.826.0.1.99.1",
+    study_uid: str = "1.2.826.0.1.99",
+    patient_id: str = "GD0001",
+) -> None:
+    """One file per (slice, phase) of ``volume`` (X, Y, Z, T), file names in a shuffled order.
+
+    The slices lie along the normal of an oblique orientation, 8 mm apart, and the phases are 30 ms apart;
+    image column x is ``volume`` axis 0 and row y axis 1 (``GetImageFromArray`` takes (y, x)). Instance ``n``
+    (1-based, slice-major) has the SOP Instance UID ``<series_uid>.<n>``.
+    """
+    folder.mkdir(parents=True)
+    row_dir = np.array([np.cos(0.4), np.sin(0.4), 0.0])
+    col_dir = np.array([-np.sin(0.4) * np.cos(0.3), np.cos(0.4) * np.cos(0.3), np.sin(0.3)])
+    normal = np.cross(row_dir, col_dir)
+    x, y, z, t = volume.shape
+    order = np.random.default_rng(5).permutation(z * t)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for n, (k, f) in enumerate((k, f) for k in range(z) for f in range(t)):
+        image = sitk.GetImageFromArray(volume[:, :, k, f].T[None].copy())  # (1, y, x) -> size (x, y, 1)
+        position = np.array([-20.0, 10.0, 5.0]) + 8.0 * k * normal
+        image.SetSpacing((1.4, 1.4, 8.0))
+        image.SetOrigin(position.tolist())
+        image.SetDirection(np.stack([row_dir, col_dir, normal], axis=1).ravel().tolist())
+        for tag, value in {
+            "0008|0060": "MR",
+            "0008|0070": manufacturer,
+            "0010|0010": f"Generated^{patient_id}",
+            "0010|0020": patient_id,
+            "0020|000d": study_uid,
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{n + 1}",
+            "0020|0013": str(n + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row_dir, *col_dir)),
+            "0018|1060": f"{30.0 * f:.1f}",
+        }.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{order[n]:04d}.dcm"))
+        writer.Execute(image)
+
+
+def sr_items(dataset: Any) -> dict[str, list[Any]]:
+    """Every content item of a DICOM SR read with pydicom (not highdicom), as concept meaning -> values in document
+    order: the code meaning of CODE items, numbers of NUM items, text of TEXT items, UIDs of UIDREF items."""
+    found: dict[str, list[Any]] = {}
+
+    def walk(items: Any) -> None:
+        for item in items:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+            kind = item.ValueType
+            if kind == "CODE":
+                found.setdefault(name, []).append(item.ConceptCodeSequence[0].CodeValue)
+            elif kind == "NUM":
+                found.setdefault(name, []).append(float(item.MeasuredValueSequence[0].NumericValue))
+            elif kind == "TEXT":
+                found.setdefault(name, []).append(str(item.TextValue))
+            elif kind == "UIDREF":
+                found.setdefault(name, []).append(str(item.UID))
+            elif kind == "IMAGE":
+                found.setdefault("IMAGE", []).append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence)
+
+    walk(dataset.ContentSequence)
+    return found

@@ -1,59 +1,25 @@
-"""DICOM cine series: written here with SimpleITK from generated volumes, read back in the NIfTI path's order."""
+"""DICOM cine series (written with SimpleITK from generated volumes, ``helpers.write_dicom_series``): read back in
+the NIfTI path's order, classified, and reported as DICOM SR."""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import json
+import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
-from helpers import CONFIGS
+from helpers import CONFIGS, sr_items, write_dicom_series
 from monai.bundle import ConfigWorkflow
 
 from mnms_groupdistil.dicom import LoadDicomCine, dicom_series_info, vendor_code
+from mnms_groupdistil.dicom_sr import SeriesReportWriter
 from mnms_groupdistil.inference import LoadCineInputd, find_cine_volumes
 from mnms_groupdistil.networks import build_network
 
 INFERENCE = CONFIGS / "inference.json"
-
-
-def write_dicom_series(folder: Path, volume: np.ndarray, manufacturer: str, series_uid: str = "1.2.826.0.1.99.1"):
-    """One file per (slice, phase) of ``volume`` (X, Y, Z, T), file names in a shuffled order.
-
-    The slices lie along the normal of an oblique orientation, 8 mm apart, and the phases are 30 ms apart;
-    image column x is ``volume`` axis 0 and row y axis 1 (``GetImageFromArray`` takes (y, x)).
-    """
-    folder.mkdir(parents=True)
-    row_dir = np.array([np.cos(0.4), np.sin(0.4), 0.0])
-    col_dir = np.array([-np.sin(0.4) * np.cos(0.3), np.cos(0.4) * np.cos(0.3), np.sin(0.3)])
-    normal = np.cross(row_dir, col_dir)
-    x, y, z, t = volume.shape
-    order = np.random.default_rng(5).permutation(z * t)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for n, (k, f) in enumerate((k, f) for k in range(z) for f in range(t)):
-        image = sitk.GetImageFromArray(volume[:, :, k, f].T[None].copy())  # (1, y, x) -> size (x, y, 1)
-        position = np.array([-20.0, 10.0, 5.0]) + 8.0 * k * normal
-        image.SetSpacing((1.4, 1.4, 8.0))
-        image.SetOrigin(position.tolist())
-        image.SetDirection(np.stack([row_dir, col_dir, normal], axis=1).ravel().tolist())
-        for tag, value in {
-            "0008|0060": "MR",
-            "0008|0070": manufacturer,
-            "0020|000d": "1.2.826.0.1.99",
-            "0020|000e": series_uid,
-            "0008|0018": f"{series_uid}.{n + 1}",
-            "0020|0013": str(n + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row_dir, *col_dir)),
-            "0018|1060": f"{30.0 * f:.1f}",
-        }.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"IM{order[n]:04d}.dcm"))
-        writer.Execute(image)
 
 
 def _volume(seed: int, shape=(20, 17, 3, 4)) -> np.ndarray:
@@ -167,3 +133,115 @@ def test_dicom_and_nifti_inputs_give_the_same_predictions(tmp_path):
     assert rows["nifti_patient"][0]["vendor"] == ""
     strip = [{k: v for k, v in r.items() if k not in ("vendor", "manufacturer")} for r in rows["dicom_patient"]]
     assert strip == [{k: v for k, v in r.items() if k not in ("vendor", "manufacturer")} for r in rows["nifti_patient"]]
+
+
+# ------------------------------------------------------------------------------- DICOM SR
+
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR Storage (DICOM PS3.4)
+
+
+def _instance_uids(series_uid: str, volume: np.ndarray) -> set[str]:
+    """The SOP Instance UIDs write_dicom_series gives a volume's files: ``<series_uid>.<n>``, n = 1 .. Z x T."""
+    return {f"{series_uid}.{n}" for n in range(1, volume.shape[2] * volume.shape[3] + 1)}
+
+
+def _classify(tmp_path, dataset_dir, out, **overrides):
+    workflow = ConfigWorkflow(
+        config_file=str(INFERENCE),
+        workflow_type="infer",
+        logging_file=False,
+        dataset_dir=str(dataset_dir),
+        output_dir=str(out),
+        run_dir="",
+        ckpt_path=str(tmp_path / "model.pt"),
+        image_size=32,
+        num_workers=0,
+        device="cpu",
+        **overrides,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    with open(out / "predictions.csv") as f:
+        return {row["subject"]: row for row in csv.DictReader(f)}
+
+
+def test_a_dicom_series_gets_a_structured_report_in_its_study(tmp_path):
+    """inference.json on two DICOM series (two studies) and a NIfTI file: one Comprehensive SR per series, in the
+    series' study, holding the CSV's class, probability and frames, the model's name and version (metadata.json),
+    the vendor group and a reference to every source instance; none for the NIfTI file, none with dicom_sr false."""
+    import highdicom as hd
+    import pydicom
+
+    torch.manual_seed(0)
+    torch.save(build_network("densenet121", num_classes=2, in_channels=1).state_dict(), tmp_path / "model.pt")
+    series = {  # subject: (volume, manufacturer, series UID, study UID, patient, vendor group)
+        "S1": (_volume(7, (24, 21, 2, 3)), "SIEMENS", "1.2.826.0.1.77.1", "1.2.826.0.1.77", "GD0007", "A"),
+        "S2": (_volume(8, (24, 21, 3, 2)), "Agfa", "1.2.826.0.1.88.1", "1.2.826.0.1.88", "GD0008", "unknown"),
+    }
+    for subject, (volume, manufacturer, series_uid, study_uid, patient, _) in series.items():
+        write_dicom_series(tmp_path / "scans" / subject, volume, manufacturer, series_uid, study_uid, patient)
+    nib.save(nib.Nifti1Image(_volume(9, (24, 21, 2, 2)), np.eye(4)), str(tmp_path / "scans" / "N1_sa.nii.gz"))
+    rows = _classify(tmp_path, tmp_path / "scans", tmp_path / "out")
+    with open(tmp_path / "out" / "frame_predictions.csv") as f:
+        frames = list(csv.DictReader(f))
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.dcm")) == ["S1_SR.dcm", "S2_SR.dcm"]
+    metadata = json.loads((INFERENCE.parent / "metadata.json").read_text())
+
+    for subject, (volume, _, series_uid, study_uid, patient, vendor) in series.items():
+        row = rows[subject]
+        path = tmp_path / "out" / f"{subject}_SR.dcm"
+        sr = pydicom.dcmread(path)
+        assert (sr.SOPClassUID, sr.Modality, sr.CompletionFlag, sr.VerificationFlag) == (
+            COMPREHENSIVE_SR, "SR", "COMPLETE", "UNVERIFIED"
+        )  # fmt: skip
+        assert (sr.StudyInstanceUID, sr.PatientID) == (study_uid, patient)
+        assert sr.SeriesInstanceUID not in (series_uid, study_uid) and sr.SeriesNumber == 9001
+        (evidence,) = sr.CurrentRequestedProcedureEvidenceSequence
+        (referenced,) = evidence.ReferencedSeriesSequence
+        assert (evidence.StudyInstanceUID, referenced.SeriesInstanceUID) == (study_uid, series_uid)
+        assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedSOPSequence} == _instance_uids(
+            series_uid, volume
+        )
+
+        items = sr_items(sr)
+        prediction = row["prediction"]
+        mine = [float(f[f"probability_{prediction}"]) for f in frames if f["subject"] == subject]
+        assert items["Finding"] == [prediction]
+        assert items["Number of Frames"] == [volume.shape[2] * volume.shape[3]] == [int(row["frames"])] == [len(mine)]
+        (probability,) = items["Probability"]
+        assert probability == pytest.approx(float(row[f"mean_probability_{prediction}"]), abs=5e-5)
+        assert probability == pytest.approx(sum(mine) / len(mine), abs=1e-4) and probability >= 0.5
+        assert set(items["Algorithm Name"]) == {metadata["name"]} and set(items["Algorithm Version"]) == {
+            metadata["version"]
+        }
+        assert items["Scanner vendor group"] == [vendor] and row["vendor"] == ("" if vendor == "unknown" else vendor)
+        assert items["Procedure reported"] == ["241620005"] and items["Finding Site"] == ["80891009"]
+        assert set(items["IMAGE"]) == _instance_uids(series_uid, volume)
+
+        (group,) = hd.sr.srread(path).content.get_image_measurement_groups()  # highdicom reads it as TID 1500
+        assert group.finding_type.value == prediction
+        assert {m.name.meaning: m.value for m in group.get_measurements()} == {
+            "Probability": pytest.approx(probability),
+            "Number of Frames": volume.shape[2] * volume.shape[3],
+        }
+
+    rows_without = _classify(tmp_path, tmp_path / "scans", tmp_path / "out_csv", dicom_sr=False)
+    assert rows_without == rows and not list((tmp_path / "out_csv").glob("*.dcm"))
+
+
+def test_dicom_sr_setting_and_what_it_needs(tmp_path, monkeypatch):
+    write_dicom_series(tmp_path / "P1", _volume(10, (8, 8, 1, 2)), "SIEMENS")
+    dicom = [{"subject": "P1", "image": str(tmp_path / "P1")}]
+    nifti = [{"subject": "N1", "image": str(tmp_path / "N1_sa.nii.gz")}]
+    with pytest.raises(ValueError, match="dicom_sr must be true or false .*, got 'yes'"):
+        SeriesReportWriter(dicom, tmp_path, "m", "1.0.0", enabled="yes")
+    with pytest.raises(ValueError, match=r"(?s)inputs share a subject name.*subject P1"):
+        SeriesReportWriter(
+            [*dicom, {"subject": "P1", "image": str(tmp_path / "x_sa.nii.gz")}], tmp_path, "m", "1"
+        ).check()
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # as where it is not installed
+    with pytest.raises(ValueError, match=r"highdicom.*not installed: pip install highdicom.*mnms_groupdistil\[dicom\]"):
+        SeriesReportWriter(dicom, tmp_path, "m", "1.0.0").check()
+    SeriesReportWriter(dicom, tmp_path, "m", "1.0.0", enabled=False).check()  # the CSV only: nothing needed
+    SeriesReportWriter(nifti, tmp_path, "m", "1.0.0").check()  # no DICOM input: nothing needed

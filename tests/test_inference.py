@@ -78,3 +78,36 @@ def test_patient_prediction_writer(tmp_path):
     assert float(rows[0]["mean_probability_HCM"]) == pytest.approx(sum(p_hcm) / 3, abs=1e-4)
     frames = list(csv.DictReader(open(tmp_path / "out" / "frame_predictions.csv")))
     assert len(frames) == 4 and frames[2]["frame"] == "1"
+
+
+def _run_writer(writer, output, batch):
+    engine = Engine(lambda e, b: {"pred": output})
+    writer.attach(engine)
+
+    @engine.on(Events.ITERATION_STARTED)
+    def _batch(e):
+        e.state.batch = batch
+
+    engine.run([0], max_epochs=1)
+
+
+def test_writer_takes_probabilities_from_the_postprocessing(tmp_path):
+    """softmax=False (the bundles' inference.json, whose postprocessing applies the softmax): the output is
+    written as it is, and an output that is not probabilities (a missing postprocessing) is refused."""
+    batch = {"subject": ["p", "p"], "slice": torch.tensor([0, 1]), "frame": torch.tensor([0, 0])}
+    probabilities = torch.tensor([[0.25, 0.75], [0.6, 0.4]])
+    writer = PatientPredictionWriter(tmp_path / "predictions.csv", ["NOR", "HCM"], softmax=False)
+    _run_writer(writer, probabilities, batch)
+    frames = list(csv.DictReader(open(tmp_path / "frame_predictions.csv")))
+    assert [(f["probability_NOR"], f["probability_HCM"]) for f in frames] == [
+        ("0.2500", "0.7500"),
+        ("0.6000", "0.4000"),
+    ]
+    (row,) = csv.DictReader(open(tmp_path / "predictions.csv"))
+    assert (row["mean_probability_NOR"], row["mean_probability_HCM"]) == ("0.4250", "0.5750")
+    with pytest.raises(ValueError, match=r"softmax=False, but its output row 0 is not probabilities.*Activationsd"):
+        _run_writer(
+            PatientPredictionWriter(tmp_path / "p.csv", ["NOR", "HCM"], softmax=False),
+            torch.tensor([[0.0, 2.0]]),
+            batch,
+        )

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import BundleRunner
+from helpers import BundleRunner
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 

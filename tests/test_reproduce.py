@@ -4,7 +4,9 @@ Most tests replace the bundle runner by a stand-in that writes the ``metrics.jso
 writes (its settings read back from the run's ``run_args.json``), so that what the grid runs,
 reuses and refuses is checked in milliseconds. ``test_grid_end_to_end`` runs the real bundle configs
 on a tiny generated cohort (in this process, to save a Python start per run);
-``test_run_bundle_trains_in_a_new_process`` checks the default runner, a subprocess per run.
+``test_run_bundle_trains_in_a_new_process`` checks the default runner, a subprocess per run;
+``test_grid_as_jobs_of_submitit_s_local_executor`` runs two tiny runs as jobs (``--launcher slurm`` with
+submitit's local executor in place of a SLURM cluster).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mnms_groupdistil.registry import MNMS, WATERBIRDS
 from mnms_groupdistil.reproduce import (
     RUN_ARGS,
     bundle_args,
+    bundle_command,
     main,
     parse_grid,
     plan_runs,
@@ -31,6 +34,7 @@ from mnms_groupdistil.reproduce import (
     write_outputs,
 )
 from mnms_groupdistil.run_lock import RunLock
+from mnms_groupdistil.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor, parse_time
 
 
 def finished_report(epochs: int, worst: float, rule: str = "last_epoch") -> dict:
@@ -460,3 +464,164 @@ def test_digits_study_settings_are_waterbirds_bundle_ids():
     args = bundle_args(WATERBIRDS, run, "data", extra_configs=[REPO / "configs" / "digits.json"])
     assert resolve_setting(args, "train#trainer#max_epochs") == settings["max_epochs"]
     assert resolve_setting(args, "network_name") == "resnet50"  # the teacher's network is not touched
+
+
+# ------------------------------------------------------------------------------ SLURM jobs
+
+
+def test_slurm_time_limits_in_minutes():
+    cases = {"90": 90, "90:30": 91, "2:00:00": 120, "0:00:59": 1, "1-12": 2160, "1-0:30": 1470, "2-0:0:1": 2881}
+    assert {text: parse_time(text) for text in cases} == cases
+    for bad in ("", "2h", "1:2:3:4", "-5", "1-", "0", "0:00:00"):
+        with pytest.raises(ValueError, match="--time"):
+            parse_time(bad)
+
+
+def test_job_parameters_options_over_the_file(tmp_path):
+    file = tmp_path / "params.json"
+    file.write_text(json.dumps({"slurm_account": "lab", "slurm_partition": "cpu", "timeout_min": 30, "mem_gb": 16}))
+    assert job_parameters("gpu", 2, 8, "1:00:00", file) == {
+        "slurm_account": "lab",
+        "slurm_partition": "gpu",
+        "timeout_min": 60,
+        "mem_gb": 16,
+        "gpus_per_node": 2,
+        "cpus_per_task": 8,
+        "nodes": 1,
+        "tasks_per_node": 1,
+    }
+    assert job_parameters(parameters_file=file)["gpus_per_node"] == 1  # one GPU per run unless told otherwise
+    with pytest.raises(ValueError, match="needs each run's time limit: --time"):
+        job_parameters("gpu")
+    assert "timeout_min" not in job_parameters("gpu", need_time=False)
+    with pytest.raises(ValueError, match="--gpus_per_run must be 0 or more"):
+        job_parameters(gpus_per_run=-1, time="5")
+    file.write_text("{not json")
+    with pytest.raises(ValueError, match="--slurm_parameters .*params.json: cannot read it as JSON"):
+        job_parameters(time="5", parameters_file=file)
+    with pytest.raises(ValueError, match="submitit refuses the job parameters: Unknown argument 'partiton'"):
+        make_executor(tmp_path / "jobs", {"timeout_min": 5, "slurm_partiton": "gpu"}, cluster="local")
+
+
+def test_slurm_options_need_the_slurm_launcher(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "data"), "--partition", "gpu", "--time", "10"], runner=FakeRunner())
+    assert "--partition, --time only apply to --launcher slurm" in capsys.readouterr().err
+
+
+class _Job:
+    job_id = "42"
+    state = "TIMEOUT"
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    @property
+    def paths(self):
+        return type("Paths", (), {"stdout": Path("42_0_log.out")})
+
+    def result(self):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+class _Executor:
+    """Records what a JobRunner asks of a submitit executor; its jobs end with ``outcomes`` in turn."""
+
+    def __init__(self, *outcomes):
+        self.outcomes = list(outcomes)
+        self.names, self.submitted = [], []
+
+    def update_parameters(self, **parameters):
+        self.names.append(parameters["name"])
+
+    def submit(self, function, *args):
+        self.submitted.append((function, args))
+        return _Job(self.outcomes.pop(0))
+
+
+def test_job_runner_returns_the_run_s_status_or_1_for_a_job_without_one(tmp_path):
+    from submitit.core.utils import UncompletedJobError
+
+    executor = _Executor(0, UncompletedJobError("Job 42 exceeded its time limit"))
+    runner = JobRunner(executor, run_bundle, processes=4)
+    run_dir = tmp_path / "split1" / "seed0" / "kd"
+    run_dir.mkdir(parents=True)
+    assert runner(run_dir / RUN_ARGS, run_dir / "bundle.log") == 0
+    assert executor.submitted == [(run_bundle, (run_dir / RUN_ARGS, run_dir / "bundle.log", 4))]
+    assert executor.names == ["split1_seed0_kd"]
+    assert runner(run_dir / RUN_ARGS, run_dir / "bundle.log") == 1
+    log = (run_dir / "bundle.log").read_text()
+    assert "job 42 ended without finishing the run (TIMEOUT)" in log and "exceeded its time limit" in log
+
+
+def test_bundle_command_of_a_job_with_several_gpus(tmp_path):
+    one = bundle_command(tmp_path / RUN_ARGS)
+    assert one[1:] == ["-m", "monai.bundle", "run", "--args_file", str(tmp_path / RUN_ARGS)]
+    four = bundle_command(tmp_path / RUN_ARGS, processes=4)
+    assert four[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m"]
+    assert four[6:] == one[2:]
+
+
+def test_collect_summarises_finished_runs_and_trains_nothing(tmp_path, caplog):
+    (tmp_path / "data").mkdir()
+    argv = [str(tmp_path / "data"), "--splits", "split1", "--seeds", "0", "1", "--output_dir", str(tmp_path / "out")]
+    argv += ["--override", "max_epochs=2"]
+    assert main(argv, runner=FakeRunner()) == 0
+    trained = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
+    (tmp_path / "out" / "results.md").unlink()
+    runner = FakeRunner()
+    assert main([*argv, "--collect"], runner=runner) == 0
+    assert runner.calls == []
+    assert (tmp_path / "out" / "results.md").read_text(encoding="utf-8").split("\n")[3:] == trained.split("\n")[3:]
+
+    kd = tmp_path / "out" / "runs" / "mnms" / "split1" / "seed1" / "kd"
+    (kd / "metrics.json").write_text(json.dumps(finished_report(1, 0.1)))  # stopped after epoch 1 of 2
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="mnms_groupdistil.reproduce"):
+        assert main([*argv, "--collect"], runner=runner) == 1
+    assert runner.calls == []
+    assert "1 of 8 runs have not finished" in caplog.text and f"split1 seed 1 kd: partial ({kd})" in caplog.text
+
+
+@pytest.mark.slow
+def test_grid_as_jobs_of_submitit_s_local_executor(tmp_path, cohort, monkeypatch, caplog):
+    """``--launcher slurm`` with submitit's local executor: the teacher and a KD student as two jobs, the student
+    submitted once the teacher's job has ended; a second command submits nothing; --collect writes the summary."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "grid"
+    argv = [str(cohort), "--seeds", "0", "--methods", "kd", "--output_dir", str(out), *TINY_GRID]
+    argv += ["--launcher", "slurm", "--partition", "gpu", "--gpus_per_run", "1", "--cpus_per_run", "1", "--time", "10"]
+    with caplog.at_level("INFO"):
+        assert main(argv, cluster="local") == 0
+    lines = [m for m in caplog.messages if "submitted" in m or m.startswith("[")]
+    teacher_job, kd_job = (m.split("job ")[1].split()[0] for m in lines if "submitted" in m)
+    assert [m.split(":")[0] for m in lines] == [
+        "[1/2] mnms demo seed 0 teacher", "demo_seed0_teacher", "[1/2] mnms demo seed 0 teacher",
+        "[2/2] mnms demo seed 0 kd", "demo_seed0_kd", "[2/2] mnms demo seed 0 kd",
+    ]  # fmt: skip
+    assert ": done in " in lines[2] and ": done in " in lines[5]
+    jobs = out / JOBS_FOLDER
+    results = sorted(p.name for p in jobs.glob("*_result.pkl"))
+    assert results == sorted(f"{job}_0_result.pkl" for job in (teacher_job, kd_job))
+    for run, job in (("teacher", teacher_job), ("kd", kd_job)):
+        run_dir = out / "runs" / "mnms" / "demo" / "seed0" / run
+        assert run_state(run_dir, 1) == "done"
+        assert (run_dir / "bundle.log").read_text(encoding="utf-8").startswith("$ ")  # the job ran the bundle
+        assert "Job completed successfully" in (jobs / f"{job}_0_log.out").read_text(encoding="utf-8")
+    kd_args = json.loads((out / "runs" / "mnms" / "demo" / "seed0" / "kd" / RUN_ARGS).read_text())
+    assert kd_args["teacher_ckpt"] == str(out / "runs" / "mnms" / "demo" / "seed0" / "teacher" / "model_final.pt")
+    summary = (out / "results.md").read_text(encoding="utf-8")
+    assert "| KD | DenseNet-121 |" in summary and "--launcher slurm" in summary
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main(argv, cluster="local") == 0  # everything finished: no job
+    assert sum("finished earlier, reused" in m for m in caplog.messages) == 2
+    assert not any("submitted" in m for m in caplog.messages)
+    assert len(list(jobs.glob("*_result.pkl"))) == 2
+    (out / "results.md").unlink()
+    assert main([*argv, "--collect"], cluster="local") == 0
+    assert (out / "results.md").read_text(encoding="utf-8").split("\n")[3:] == summary.split("\n")[3:]
