@@ -282,9 +282,10 @@ RECORDED = {
 
 
 @pytest.mark.parametrize("name", list(RECORDED))
-def test_both_inference_configs_take_the_network_from_the_run_s_record(name, tmp_path):
+def test_both_inference_configs_take_the_network_from_the_run_s_record(name, tmp_path, cohort):
     """inference.json reads the network and the input settings from ``run_dir``'s run_config.json and loads its
-    model_final.pt; an override that disagrees with the record is refused before anything runs."""
+    model_final.pt; an override that disagrees with the record is refused before anything runs. (The M&Ms one
+    looks for its input volumes while it initializes: it gets the generated cohort.)"""
     from mnms_groupdistil.errors import SettingError, find_reported_error
     from mnms_groupdistil.networks import build_network
     from mnms_groupdistil.run_settings import write_run_settings
@@ -295,7 +296,8 @@ def test_both_inference_configs_take_the_network_from_the_run_s_record(name, tmp
     trained = build_network(recorded["network_name"], 2, recorded["in_channels"])
     torch.save(trained.state_dict(), run / "model_final.pt")
     runner = BundleRunner(REPO / "bundles" / name)
-    common = {"run_dir": str(run), "dataset_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), "device": "cpu"}
+    data = cohort if name == "mnms_groupdistil" else tmp_path
+    common = {"run_dir": str(run), "dataset_dir": str(data), "output_dir": str(tmp_path / "out"), "device": "cpu"}
 
     workflow = runner.make(["inference.json"], workflow_type="infer", **common)
     workflow.initialize()
