@@ -147,7 +147,7 @@ def test_paper_defaults_and_top_level_knobs():
     assert "optimizer" in train and train["optimizer"]["_target_"] == "torch.optim.Adam"
     assert ConfigParser.load_config_file(TEACHER) == {
         "mode": "groupdro",
-        "network_name": "resnet50",
+        "network_name": "@teacher_name",
         "output_dir": "$@bundle_root + '/runs/teacher'",
     }
     # the baselines train on the data as it comes (the bundle's default too, chosen by the digits study)

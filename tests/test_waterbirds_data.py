@@ -221,7 +221,7 @@ def test_generated_waterbirds_has_the_release_layout_and_imbalance(tmp_path):
     assert [int(r["img_id"]) for r in rows] == list(range(1, len(rows) + 1))
     counts = Counter((int(r["split"]), 2 * int(r["y"]) + int(r["place"])) for r in rows)
     train = [counts[(0, g)] for g in range(4)]
-    assert train == [round(c * 0.1) for c in RELEASE_TRAIN_COUNTS] == [350, 18, 6, 106]
+    assert train == [round(c * 0.3) for c in RELEASE_TRAIN_COUNTS] == [1049, 55, 17, 317]
     # the background agrees with the label in ~95% of training images of each class, as in the release
     assert train[0] / (train[0] + train[1]) == pytest.approx(3498 / 3682, abs=0.01)
     assert train[3] / (train[2] + train[3]) == pytest.approx(1057 / 1113, abs=0.02)
