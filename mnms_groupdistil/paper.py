@@ -26,6 +26,7 @@ __all__ = [
     "format_mean_std",
     "group_table",
     "is_finite",
+    "network_label",
     "mean_std",
     "paired_difference_table",
     "paper_table",
@@ -77,6 +78,7 @@ def result_row(
         return float(v) if is_finite(v) else None
 
     row: dict[str, Any] = {"dataset": spec.name, "split": split, "cell": cell, "method": method, "run": run}
+    row["network"] = report.get("network")
     row["seed"] = seed
     row["eta_w"] = eta_w
     row.update({m.column: value(m.key) for m in (*ROW_METRICS, *spec.metrics)})
@@ -141,7 +143,7 @@ def study_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str
                 continue
             cells_ = [cell or "(configs)", method.label if not method.distils else f"{method.label} (student)"]
             if method.key == spec.teacher:
-                cells_[1] = f"{method.label} {method.network}"
+                cells_[1] = f"{method.label} {network_label(spec, method, runs)}"
             for prefix in _HISTORY_FIGURES:
                 last = [r.get(f"{prefix}_last_worst_group") for r in runs]
                 swing = mean_std(r.get(f"{prefix}_swing") for r in runs)[0]
@@ -202,6 +204,28 @@ def format_mean_std(mean: float | None, std: float | None, scale: float = 100.0)
     return f"{scale * mean:.1f}" if std is None else f"{scale * mean:.1f} ± {scale * std:.1f}"
 
 
+#: How the tables name the networks a run's ``metrics.json`` records (``network``).
+NETWORK_LABELS = {
+    "resnet18": "ResNet-18",
+    "resnet34": "ResNet-34",
+    "resnet50": "ResNet-50",
+    "densenet121": "DenseNet-121",
+}
+
+
+def network_label(spec: DatasetSpec, method: Method, rows: Sequence[Mapping[str, Any]]) -> str:
+    """The network of ``method``'s line: those its runs in ``rows`` trained (the teacher's marked ``(teacher)``),
+    or the paper's name (``method.network``) where no run recorded one.
+
+    A run trains what its configs say (``--network_name``, ``teacher_name``), which need not be the paper's network.
+    """
+    trained = dict.fromkeys(r["network"] for r in rows if r["run"] == method.key and r.get("network"))
+    if not trained:
+        return method.network
+    names = ", ".join(NETWORK_LABELS.get(name, name) for name in trained)
+    return f"{names} (teacher)" if method.key == spec.teacher else names
+
+
 def _rows_of(rows: Sequence[Mapping[str, Any]], split: str, key: str) -> list[Mapping[str, Any]]:
     return [r for r in rows if r["split"] == split and r["run"] == key]
 
@@ -223,7 +247,7 @@ def paper_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], splits: Se
             header += [name, f"{name} (paper)"]
     body = []
     for method in spec.methods:
-        cells = [method.label, method.network]
+        cells = [method.label, network_label(spec, method, [r for r in rows if r["split"] in splits])]
         for split in splits:
             for metric in spec.headline:
                 ours = mean_std(r[metric.column] for r in _rows_of(rows, split, method.key))
@@ -243,7 +267,7 @@ def group_table(spec: DatasetSpec, rows: Sequence[Mapping[str, Any]], split: str
         mine = _rows_of(rows, split, method.key)
         columns = [f"acc_{g}" for g in groups] + ["worst_group", "mean_group"]
         cells = [format_mean_std(*mean_std(r[c] for r in mine)[:2]) for c in columns]
-        body.append([method.label, method.network, *cells])
+        body.append([method.label, network_label(spec, method, mine), *cells])
     return _markdown(header, body)
 
 
@@ -328,7 +352,8 @@ def plot_group_accuracy(
         means = [100 * (m if m is not None else math.nan) for m, _, _ in stats]
         errors = [100 * (s if s is not None else 0.0) for _, s, _ in stats]
         positions = [k + (i - (len(spec.methods) - 1) / 2) * width for k in range(len(groups))]
-        ax.bar(positions, means, width, yerr=errors, capsize=3, label=f"{method.label} {method.network}")
+        network = network_label(spec, method, split_rows)
+        ax.bar(positions, means, width, yerr=errors, capsize=3, label=f"{method.label} {network}")
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([group_name(spec.group_label, g) for g in groups])
     ax.set_ylabel("test accuracy (%)")

@@ -83,6 +83,7 @@ from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.paper import (
     group_table,
     is_finite,
+    network_label,
     paired_difference_table,
     paper_table,
     plot_group_accuracy,
@@ -696,7 +697,11 @@ def _cell_sections(
     for split in splits:
         mine = [run for run in runs if run.split == split]
         accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}{tag}.png")
-        methods = {f"{m.label} {m.network}": [r.run_dir for r in mine if r.key == m.key] for m in spec.methods}
+        split_rows = [row for row in rows if row["split"] == split]
+        methods = {
+            f"{m.label} {network_label(spec, m, split_rows)}": [r.run_dir for r in mine if r.key == m.key]
+            for m in spec.methods
+        }
         weights = plot_group_weights(
             methods, out / f"group_weights_{spec.name}_{split}{tag}.png", f"{spec.name} {split}: group weights",
             spec.group_label,

@@ -255,3 +255,20 @@ def test_study_table_by_hand():
     # GroupDistil - KD per seed: val +0.1, +0.3 -> +20.0 ± 14.1; test -0.1, +0.1 -> +0.0 ± 14.1
     assert cells["GroupDistil (student)"][-1] == "+20.0 ± 14.1 / +0.0 ± 14.1"
     assert lines[-1].strip("| ").split(" | ")[:5] == ["batching=mixed", "groupDRO ResNet-18 (teacher)", "50.0", "0.0", "1 of 1"]
+
+
+def test_tables_name_the_networks_the_runs_trained():
+    """A teacher trained as ResNet-34 (``--teacher_name resnet34``) is named so, not by the paper's ResNet-50."""
+
+    def row(run, seed, network):
+        report = {"network": network, "metrics": {"test_worst_group_acc": 0.8, "test_adjusted_average_acc": 0.9}}
+        return result_row(WATERBIRDS, report, split="official", run=run, method=run, seed=seed, eta_w=None)
+
+    rows = [row("teacher", 0, "resnet34"), row("teacher", 1, "resnet34"), row("kd", 0, "resnet18")]
+    rows.append(row("groupdistil", 0, None))  # a report that records no network: the paper's name
+    networks = [line.split(" | ")[1] for line in paper_table(WATERBIRDS, rows, ["official"])[2:]]
+    # teacher, ERM, groupDRO (no runs: the paper's name), KD, GroupDistil
+    assert networks == ["ResNet-34 (teacher)", "ResNet-18", "ResNet-18", "ResNet-18", "ResNet-18"]
+    assert group_table(WATERBIRDS, rows, "official")[2].startswith("| groupDRO | ResNet-34 (teacher) |")
+    mixed = [*rows, row("kd", 1, "resnet50")]
+    assert paper_table(WATERBIRDS, mixed, ["official"])[5].startswith("| KD | ResNet-18, ResNet-50 |")
