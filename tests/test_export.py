@@ -29,9 +29,9 @@ from helpers import (
 )
 from monai.bundle import ConfigParser, ConfigWorkflow, download_large_files, verify_net_in_out
 
-from mnms_groupdistil import export
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import write_run_settings
+from mnms_groupdistil.tools import export
 
 CLASSES = ["NOR", "HCM"]
 
@@ -117,7 +117,8 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     config = json.loads(config_text)
     assert "mnms_groupdistil" not in config_text
     assert (config["image_size"], config["network_name"], config["run_dir"]) == (24, "resnet18", None)
-    for module in ("inference.py", "transforms.py", "dicom.py", "data/frames.py"):  # verbatim copies
+    copies = ("mnms/inference.py", "mnms/transforms.py", "mnms/dicom.py", "mnms/frames.py", "predictions.py")
+    for module in (f"datasets/{m}" for m in copies):  # verbatim copies
         assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
     assert not (bundle / "scripts" / "networks.py").exists()  # the network is MONAI's
     # the bundle's output is probabilities: the softmax is its postprocessing (logits 0, ln 3 -> 1/4, 3/4)
@@ -221,7 +222,8 @@ def test_the_exported_bundle_reports_a_dicom_series_as_sr_and_names_highdicom_wh
 
     _fake_run(tmp_path / "run")
     bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle", version="1.2.0")
-    assert (bundle / "scripts" / "dicom_sr.py").read_bytes() == (REPO / "mnms_groupdistil" / "dicom_sr.py").read_bytes()
+    sr_module = Path("datasets", "mnms", "dicom_sr.py")
+    assert (bundle / "scripts" / sr_module).read_bytes() == (REPO / "mnms_groupdistil" / sr_module).read_bytes()
     volume = np.random.default_rng(3).integers(0, 2000, (24, 21, 2, 3)).astype(np.int16)
     write_dicom_series(tmp_path / "scans" / "P7", volume, "TOSHIBA_MEC", "1.2.826.0.1.55.1", "1.2.826.0.1.55", "GD0055")
     env = without_package(tmp_path)
@@ -254,13 +256,15 @@ def test_the_exported_bundle_reports_a_dicom_series_as_sr_and_names_highdicom_wh
 
 
 def export_with_the_cli(run: Path, bundle: Path) -> dict:
-    """``python -m mnms_groupdistil.export RUN BUNDLE``; checks that the metadata holds the run's test figures.
+    """``python -m mnms_groupdistil.tools.export RUN BUNDLE``; checks that the metadata holds the run's test figures.
 
     Returns:
         the exported ``configs/metadata.json``.
     """
     with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = run_command([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    proc = run_command(
+        [sys.executable, "-m", "mnms_groupdistil.tools.export", str(run), str(bundle)], REPO, with_package
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reported = json.loads((run / "metrics.json").read_text())["metrics"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())

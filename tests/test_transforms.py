@@ -1,4 +1,4 @@
-"""Tests for mnms_groupdistil.transforms (cine volume loading and frame selection)."""
+"""Tests for mnms_groupdistil.datasets.mnms.transforms (cine volume loading and frame selection)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from mnms_groupdistil.transforms import (
+from mnms_groupdistil.datasets.mnms.transforms import (
     LoadCineVolume,
     LoadCineVolumed,
     RandCineFramed,

@@ -1,6 +1,6 @@
 """Predictions back where clinicians look: one DICOM Structured Report per classified DICOM series, in its study.
 
-:class:`SeriesReportWriter` is handed to :class:`mnms_groupdistil.inference.PatientPredictionWriter`
+:class:`SeriesReportWriter` is handed to :class:`mnms_groupdistil.datasets.mnms.inference.PatientPredictionWriter`
 (``on_predictions``); after the CSV is written it writes, for every input that was a DICOM series, a
 Comprehensive SR (built with highdicom) beside the CSV: ``<output_dir>/<subject>_SR.dcm``. The report is an
 Imaging Measurement Report (DICOM template TID 1500) in the source study (its Patient and Study Instance UID),
@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...errors import InputError, SettingError
 from .dicom import is_dicom_file
-from .errors import InputError, SettingError
 
 __all__ = [
     "SCHEME",
@@ -183,8 +183,8 @@ class SeriesReportWriter:
     """Write a DICOM SR (:func:`series_report`) for every DICOM series among the classified inputs.
 
     Args:
-        records: the inputs (:func:`mnms_groupdistil.inference.find_cine_volumes`); a record whose ``image`` is a
-            folder is a DICOM series.
+        records: the inputs (:func:`mnms_groupdistil.datasets.mnms.inference.find_cine_volumes`); a record whose
+            ``image`` is a folder is a DICOM series.
         output_dir: where the reports go (beside the CSV).
         model_name: the model's name written into each report.
         model_version: its version.
@@ -197,8 +197,8 @@ class SeriesReportWriter:
 
     Example (bundle config)::
 
-        "dicom_sr_writer": {"_target_": "mnms_groupdistil.dicom_sr.SeriesReportWriter", "records": "@datalist",
-                            "output_dir": "@output_dir", "model_name": "@_meta_#name",
+        "dicom_sr_writer": {"_target_": "mnms_groupdistil.datasets.mnms.dicom_sr.SeriesReportWriter",
+                            "records": "@datalist", "output_dir": "@output_dir", "model_name": "@_meta_#name",
                             "model_version": "@_meta_#version", "enabled": "@dicom_sr"}
     """
 

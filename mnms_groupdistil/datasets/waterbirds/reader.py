@@ -27,12 +27,12 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import DataError, duplicate_problem, missing_column_problems
+from ..errors import DataError, duplicate_problem, missing_column_problems
 
 __all__ = [
     "RELEASE_FOLDER",
@@ -49,9 +49,6 @@ __all__ = [
     "image_problem",
     "group_counts",
     "prepare_waterbirds",
-    "to_rgb",
-    "cached_dataset",
-    "find_images",
 ]
 
 logger = logging.getLogger(__name__)
@@ -199,9 +196,7 @@ def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
             row_problems.append(f"{where}: place must be 0 (land) or 1 (water), got '{cell(row, 'place')}'")
         split = _parse_flag(cell(row, "split"), tuple(SPLITS))
         if split is None:
-            row_problems.append(
-                f"{where}: split must be 0 (train), 1 (val) or 2 (test), got '{cell(row, 'split')}'"
-            )
+            row_problems.append(f"{where}: split must be 0 (train), 1 (val) or 2 (test), got '{cell(row, 'split')}'")
         if row_problems:
             problems += row_problems
             continue
@@ -331,83 +326,3 @@ def prepare_waterbirds(
         target.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
         logger.info("wrote %s", target)
     return parts
-
-
-# ------------------------------------------------------------------------ loading helpers
-
-
-def to_rgb(image: Any) -> Any:
-    """A PIL image converted to 3-channel RGB (grey, palette, RGBA and CMYK JPEGs occur in the wild).
-
-    Used as the ``converter`` of MONAI's ``PILReader`` in the bundle configs.
-    """
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def cached_dataset(
-    data: Sequence[Mapping[str, Any]],
-    transform: Callable,
-    cache_dir: PathLike | None = None,
-    cache_rate: float = 1.0,
-    num_workers: int | None = 0,
-) -> Any:
-    """MONAI dataset that runs the deterministic head of ``transform`` once per image and keeps it.
-
-    The transforms up to the first random one (decode, resize, crop, normalise) are cached: in
-    memory with ``CacheDataset`` (``cache_rate`` of the images), or on disk under ``cache_dir``
-    with ``PersistentDataset`` for machines with little memory (the files are reused by later
-    runs and reloaded with ``weights_only=True``). The random tail runs every time an item is read.
-
-    Args:
-        data: Records with an ``"image"`` path.
-        transform: The full (deterministic then random) transform.
-        cache_dir: Folder for the on-disk cache; None or empty for the in-memory cache.
-        cache_rate: Fraction of the images cached in memory (``CacheDataset``).
-        num_workers: Threads filling the in-memory cache (``None``: as many as CPU cores).
-
-    Raises:
-        ValueError: If ``cache_rate`` is outside [0, 1].
-    """
-    from monai.data import CacheDataset, PersistentDataset
-
-    if not 0.0 <= float(cache_rate) <= 1.0:
-        raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate!r}.")
-    if cache_dir:
-        Path(cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(data=list(data), transform=transform, cache_dir=Path(cache_dir).expanduser())
-    workers = None if num_workers is None else max(1, int(num_workers))
-    return CacheDataset(
-        data=list(data), transform=transform, cache_rate=float(cache_rate), num_workers=workers, copy_cache=False
-    )
-
-
-#: File name endings :func:`find_images` accepts.
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def find_images(path: PathLike) -> list[dict[str, Any]]:
-    """Records of the images to classify: one image file, or every image below a folder.
-
-    Args:
-        path: An image file or a folder (searched recursively for :data:`IMAGE_SUFFIXES`).
-
-    Returns:
-        ``[{"image": absolute path, "subject": path relative to the folder}, ...]`` sorted by path.
-
-    Raises:
-        ValueError: If ``path`` does not exist, holds no image, or holds images that cannot be
-            decoded (all listed).
-    """
-    root = Path(path).expanduser()
-    if root.is_file():
-        files, base = [root], root.parent
-    elif root.is_dir():
-        files, base = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), root
-    else:
-        raise ValueError(f"dataset_dir {root} does not exist: pass an image file or a folder of images.")
-    if not files:
-        raise ValueError(f"no image ({', '.join(IMAGE_SUFFIXES)}) found below {root}.")
-    problems = [f"{f}: {p}" for f in files if (p := image_problem(f)) is not None]
-    if problems:
-        raise ValueError("cannot classify:\n" + "\n".join(problems))
-    return [{"image": str(f.resolve()), "subject": f.relative_to(base).as_posix()} for f in files]

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.runs import read_group_weights
+from mnms_groupdistil.tools.runs import read_group_weights
 
 __all__ = ["group_name", "plot_group_weights", "pyplot", "save_figure"]
 
@@ -43,7 +43,7 @@ def plot_group_weights(
 
     With several runs in a panel (one per seed) the shaded band spans the lowest to the highest weight among
     them at each iteration. Weights are the runs' TensorBoard ``group_weight/<group>`` scalars
-    (:func:`mnms_groupdistil.runs.read_group_weights`); runs that logged none are left out.
+    (:func:`mnms_groupdistil.tools.runs.read_group_weights`); runs that logged none are left out.
 
     Args:
         panels: panel title -> run folders.

@@ -3,9 +3,9 @@
 :func:`dicom_series_info` reads the headers of the series in one folder (SimpleITK/GDCM, no pixel data) and
 arranges the files by slice position (along the slice normal, ascending) and trigger time (ascending);
 :class:`LoadDicomCine` reads the pixel data into the array order of the NIfTI path
-(:class:`mnms_groupdistil.transforms.LoadCineVolume`): ``(X, Y, Z, T)`` with ``X`` the column and ``Y`` the row
-of a stored image, ``Z`` the slice and ``T`` the phase. The scanner vendor comes from the Manufacturer tag and is
-mapped to the M&Ms vendor codes by :func:`vendor_code`.
+(:class:`mnms_groupdistil.datasets.mnms.transforms.LoadCineVolume`): ``(X, Y, Z, T)`` with ``X`` the column and
+``Y`` the row of a stored image, ``Z`` the slice and ``T`` the phase. The scanner vendor comes from the Manufacturer
+tag and is mapped to the M&Ms vendor codes by :func:`vendor_code`.
 
 SimpleITK is imported only when a DICOM series is read, so NIfTI-only use needs no SimpleITK.
 """

@@ -1,6 +1,6 @@
 """Training throughput of the bundles against the speed of their networks alone.
 
-``python -m mnms_groupdistil.benchmark`` measures, in one run on one device, for each bundle's
+``python -m mnms_groupdistil.tools.benchmark`` measures, in one run on one device, for each bundle's
 teacher/student pair (M&Ms: ResNet-18 -> DenseNet-121; Waterbirds: ResNet-50 -> ResNet-18):
 
 * ``ceiling_img_s``: the model-only ceiling. The same networks, batch size, image size, precision
@@ -23,7 +23,7 @@ handlers, epoch ends), which is what training costs.
 
 Example::
 
-    python -m mnms_groupdistil.benchmark --bundle mnms --image_size 64 --batch_size 32 --json bench.json
+    python -m mnms_groupdistil.tools.benchmark --bundle mnms --image_size 64 --batch_size 32 --json bench.json
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mnms_groupdistil import registry
 from mnms_groupdistil.acceleration import autocast_dtype, grad_scaler_needed
 from mnms_groupdistil.losses import GroupWeightedLoss, GroupWeights, distillation_loss
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.tables import text_table
+from mnms_groupdistil.tools import registry
 
 __all__ = ["benchmark_bundle", "ceiling", "main", "plain_kd_loss"]
 
@@ -262,8 +262,8 @@ def benchmark_bundle(
 ) -> dict[str, Any]:
     """Measure one configuration of one bundle (see the module docstring for the fields).
 
-    ``bundle`` is a dataset of :data:`mnms_groupdistil.registry.DATASETS` (``mnms``, ``waterbirds``): its
-    bundle folder under ``bundles_dir`` (default :func:`~mnms_groupdistil.registry.bundles_dir`) and its
+    ``bundle`` is a dataset of :data:`mnms_groupdistil.tools.registry.DATASETS` (``mnms``, ``waterbirds``): its
+    bundle folder under ``bundles_dir`` (default :func:`~mnms_groupdistil.tools.registry.bundles_dir`) and its
     generated cohort (preset ``cohort``). ``settings`` are further bundle ids for the end-to-end runs and the
     data pipeline (e.g. ``{"augment_on_device": True}``); they are recorded in the result.
 
@@ -419,7 +419,9 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mnms_groupdistil.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mnms_groupdistil.tools.benchmark", description=__doc__.split("\n\n")[0]
+    )
     bundles = sorted(registry.DATASETS)
     parser.add_argument("--bundle", nargs="+", choices=bundles, default=[registry.MNMS.name], help="bundles to measure")
     default_device = "cuda" if torch.cuda.is_available() else "cpu"

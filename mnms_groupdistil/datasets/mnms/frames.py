@@ -8,14 +8,15 @@ and the models see 2D frames. A *frame entry* says which volume (patient) to tak
 evaluation, which slice/frame:
 
 * :func:`random_frames`: ``frames_per_patient`` entries per patient without slice/frame; the slice and frame
-  are drawn later by :class:`mnms_groupdistil.transforms.RandCineFramed` (training).
+  are drawn later by :class:`mnms_groupdistil.datasets.mnms.transforms.RandCineFramed` (training).
 * :func:`fixed_random_frames`: ``frames_per_patient`` (slice, frame) pairs per patient drawn once with a fixed
   seed (evaluation as in the paper: the same frames every epoch and every run).
 * :func:`ed_es_frames`: every slice at ED and at ES of every patient (evaluation option).
 * :func:`all_frames`: every slice at every (``frame_stride``-th) frame (evaluation option, inference).
 * :func:`evaluation_frames`: one of the three by name (:data:`EVALUATION_FRAMES`), as the bundles choose them.
 
-Evaluation entries carry the slice and frame, selected by :class:`mnms_groupdistil.transforms.SelectCineFramed`.
+Evaluation entries carry the slice and frame, selected by
+:class:`mnms_groupdistil.datasets.mnms.transforms.SelectCineFramed`.
 
 :class:`CineFrameDataset` joins both: item ``i`` is a shallow copy of the patient's volume dictionary updated
 with frame entry ``i`` (except its ``"volume"`` index), passed through the frame transform.
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 from monai.transforms import apply_transform
 
-from ..errors import InputError, SettingError
+from ...errors import InputError, SettingError
 
 __all__ = [
     "EVALUATION_FRAMES",
@@ -238,11 +239,12 @@ class CineFrameDataset(torch.utils.data.Dataset):
     Item ``i`` is ``transform(dict(volumes[frames[i]["volume"]]) | {k: v for k, v in frames[i] if k != "volume"})``
     computed with :func:`monai.transforms.apply_transform`. The volume dictionary is shallow-copied, so the cached
     dictionary is never modified; the 4D array itself is shared (not copied), hence the transform must not modify
-    it in place (the frame transforms in :mod:`mnms_groupdistil.transforms` copy the frame out first).
+    it in place (the frame transforms in :mod:`mnms_groupdistil.datasets.mnms.transforms` copy the frame out first).
 
     Args:
         volumes: patient-level volume dictionaries, e.g. a ``monai.data.CacheDataset`` of
-            :class:`~mnms_groupdistil.transforms.LoadCineVolumed` (use ``copy_cache=False``), or a list of dicts.
+            :class:`~mnms_groupdistil.datasets.mnms.transforms.LoadCineVolumed` (use ``copy_cache=False``), or a list
+            of dicts.
         frames: frame entries with at least ``"volume"`` (see :func:`random_frames`, :func:`ed_es_frames`).
         transform: frame transform (e.g. ``Compose([RandCineFramed(...), RescaleIntensityd(...),
             ...])``), or None to return the merged dictionary.

@@ -1,49 +1,38 @@
-"""Inference without labels: find the inputs, write the predictions to CSV.
-
-Cine MRI (M&Ms bundle): per-patient predictions from 4D volumes (NIfTI or DICOM). Natural images
-(Waterbirds bundle): one prediction per image (:class:`ImagePredictionWriter`).
+"""Inference on cine MRI without labels: find the 4D volumes (NIfTI or DICOM), write per-patient predictions to CSV.
 
 The bundle's ``inference.json`` classifies every slice at every (``frame_stride``-th) frame of each
 4D volume and combines a volume's frames by majority vote, as the evaluation does per patient.
 
 This module and the modules it imports (relatively) are copied verbatim into an exported bundle's
-``scripts/`` folder (:mod:`mnms_groupdistil.export`), where they run without this package: they import
+``scripts/`` folder (:mod:`mnms_groupdistil.tools.export`), where they run without this package: they import
 only numpy, torch, monai, ignite and nibabel (SimpleITK for DICOM series; highdicom for the DICOM SR that
-:mod:`mnms_groupdistil.dicom_sr` writes of them).
+:mod:`mnms_groupdistil.datasets.mnms.dicom_sr` writes of them).
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import re
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from monai.config import KeysCollection
 from monai.handlers import from_engine
 from monai.transforms import MapTransform
 
-from .data.nifti import cine_volume_problems
+from ...errors import InputError
+from ...metrics import majority_vote
+from ..predictions import PredictionWriter
 from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
-from .errors import InputError
-from .handlers.events import attach_once
-from .metrics import majority_vote
+from .nifti import cine_volume_problems
 from .transforms import LoadCineVolume
 
-__all__ = [
-    "ImagePredictionWriter",
-    "LoadCineInputd",
-    "PatientPredictionWriter",
-    "PredictionWriter",
-    "find_cine_volumes",
-]
+__all__ = ["LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
 
 
 def _dicom_folders(root: Path) -> list[Path]:
@@ -60,10 +49,10 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
 
     A folder is searched for ``pattern`` NIfTI files (the subject is the file name up to ``_sa``:
     ``A0S9V9_sa.nii.gz`` -> ``A0S9V9``) and for DICOM series (every folder directly holding DICOM files is one
-    cine series, see :func:`mnms_groupdistil.dicom.dicom_series_info`; the subject is the folder name). Each
-    NIfTI file gets the checks of the training data (:func:`mnms_groupdistil.data.nifti.cine_volume_problems`),
-    each DICOM series the checks of its headers. The vendor comes from a DICOM series' Manufacturer tag and is
-    empty for NIfTI files, whose headers do not carry it.
+    cine series, see :func:`.dicom.dicom_series_info`; the subject is the folder name). Each NIfTI file gets the
+    checks of the training data (:func:`.nifti.cine_volume_problems`), each DICOM series the checks of its headers.
+    The vendor comes from a DICOM series' Manufacturer tag and is empty for NIfTI files, whose headers do not carry
+    it.
 
     Returns:
         ``[{"subject", "image", "num_slices", "num_frames", "vendor", "manufacturer"}, ...]``: NIfTI files sorted
@@ -125,8 +114,8 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
 class LoadCineInputd(MapTransform):
     """Load a cine input as ``(X, Y, Z, T)``: a NIfTI file as the training does, a DICOM series folder alike.
 
-    A file goes through :class:`mnms_groupdistil.transforms.LoadCineVolume` (nibabel, stored voxel order), a
-    folder through :class:`mnms_groupdistil.dicom.LoadDicomCine` (slices by position, phases by trigger time).
+    A file goes through :class:`.transforms.LoadCineVolume` (nibabel, stored voxel order), a folder through
+    :class:`.dicom.LoadDicomCine` (slices by position, phases by trigger time).
     The voxel spacing goes under ``spacing_key``.
 
     Args:
@@ -164,96 +153,6 @@ class LoadCineInputd(MapTransform):
         return d
 
 
-#: How far a row of probabilities may sum from 1 (float32 rounding of a softmax over a few classes).
-PROBABILITY_SUM_TOLERANCE = 1e-3
-
-
-def checked_probabilities(values: torch.Tensor) -> torch.Tensor:
-    """``values`` (one row per item), checked to be class probabilities: in [0, 1], each row summing to 1.
-
-    Raises:
-        ValueError: naming the first row that is not, and the two ways to fix it.
-    """
-    sums = values.sum(dim=1)
-    bad = ((values < 0) | (values > 1)).any(dim=1) | ((sums - 1).abs() > PROBABILITY_SUM_TOLERANCE)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0])
-        raise ValueError(
-            f"the prediction writer has softmax=False, but its output row {row} is not probabilities "
-            f"({[round(float(v), 4) for v in values[row]]}, sum {float(sums[row]):.4f}): give the evaluator a "
-            "postprocessing with Activationsd(keys='pred', softmax=True), or set the writer's softmax to true."
-        )
-    return values
-
-
-class PredictionWriter(ABC):
-    """Base of the prediction writers: stores the settings, attaches, takes each iteration's class probabilities.
-
-    A subclass collects rows in :meth:`collect` and writes them in :meth:`epoch_completed`; every epoch starts
-    with no rows (:meth:`reset`).
-
-    Args:
-        filepath: the CSV to write (parent folders are created).
-        class_names: one name per output channel.
-        output_transform: engine output -> logits (or probabilities, see ``softmax``), one row per item.
-        batch_transform: engine batch -> the items' identifiers.
-        softmax: turn the output into probabilities here; False when the evaluator's postprocessing did
-            (``Activationsd(keys="pred", softmax=True)``, as the bundles' ``inference.json`` do).
-        name: logger name.
-    """
-
-    def __init__(
-        self,
-        filepath: str | Path,
-        class_names: Sequence[str],
-        output_transform: Callable,
-        batch_transform: Callable,
-        softmax: bool = True,
-        name: str | None = None,
-    ) -> None:
-        self.filepath = Path(filepath)
-        self.class_names = [str(c) for c in class_names]
-        self.output_transform = output_transform
-        self.batch_transform = batch_transform
-        self.softmax = bool(softmax)
-        self.logger = logging.getLogger(name or __name__)
-        self.reset()
-
-    def attach(self, engine: Engine) -> None:
-        """Register the three event methods on ``engine``; calling it again adds nothing."""
-        attach_once(
-            engine,
-            (
-                (Events.EPOCH_STARTED, self.epoch_started),
-                (Events.ITERATION_COMPLETED, self.iteration_completed),
-                (Events.EPOCH_COMPLETED, self.epoch_completed),
-            ),
-        )
-
-    @abstractmethod
-    def reset(self) -> None:
-        """Forget the rows collected so far."""
-
-    @abstractmethod
-    def collect(self, engine: Engine, probabilities: torch.Tensor) -> None:
-        """Keep the rows of one iteration (``probabilities``: one row per item, softmax over the classes)."""
-
-    def epoch_started(self, engine: Engine) -> None:
-        self.reset()
-
-    def iteration_completed(self, engine: Engine) -> None:
-        logits = self.output_transform(engine.state.output)
-        if isinstance(logits, tuple):
-            logits = logits[0]
-        logits = torch.stack([torch.as_tensor(x) for x in logits]) if isinstance(logits, list) else logits
-        values = torch.as_tensor(logits).detach().float().cpu().reshape(len(logits), -1)
-        self.collect(engine, torch.softmax(values, dim=1) if self.softmax else checked_probabilities(values))
-
-    @abstractmethod
-    def epoch_completed(self, engine: Engine) -> None:
-        """Write the collected rows."""
-
-
 class PatientPredictionWriter(PredictionWriter):
     """Collect an evaluator's frame predictions and write one prediction per patient to CSV.
 
@@ -264,7 +163,7 @@ class PatientPredictionWriter(PredictionWriter):
     probabilities, slice and frame index. The time from the start to the end of the evaluator's run
     (preprocessing and network, the volumes already read) is logged as volumes and frames per second.
     ``on_predictions``, when given, then gets one summary per patient (e.g.
-    :class:`mnms_groupdistil.dicom_sr.SeriesReportWriter`, which writes a DICOM SR per DICOM series).
+    :class:`mnms_groupdistil.datasets.mnms.dicom_sr.SeriesReportWriter`, which writes a DICOM SR per DICOM series).
 
     Args:
         filepath: the per-patient CSV to write (parent folders are created).
@@ -359,50 +258,3 @@ class PatientPredictionWriter(PredictionWriter):
         )
         if self.on_predictions is not None:
             self.on_predictions(summaries)
-
-
-class ImagePredictionWriter(PredictionWriter):
-    """Collect an evaluator's predictions and write one row per image to CSV.
-
-    Columns: ``image`` (the record's identifier, e.g. its path relative to the input folder),
-    ``prediction`` (the class with the largest probability) and ``probability_<class>`` for every
-    class.
-
-    Args:
-        filepath: the CSV to write (parent folders are created).
-        class_names: one name per output channel.
-        output_transform: engine output -> per-image logits (probabilities with ``softmax=False``).
-        batch_transform: engine batch -> per-image identifiers.
-        softmax: see :class:`PredictionWriter`.
-        name: logger name.
-    """
-
-    def __init__(
-        self,
-        filepath: str | Path,
-        class_names: Sequence[str],
-        output_transform: Callable = from_engine(["pred"]),
-        batch_transform: Callable = from_engine(["subject"]),
-        softmax: bool = True,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(filepath, class_names, output_transform, batch_transform, softmax=softmax, name=name)
-
-    def reset(self) -> None:
-        self._rows: list[tuple[str, torch.Tensor]] = []
-
-    def collect(self, engine: Engine, probabilities: torch.Tensor) -> None:
-        names = self.batch_transform(engine.state.batch)
-        if isinstance(names, tuple):
-            names = names[0]
-        self._rows += [(str(n), p) for n, p in zip(names, probabilities)]
-
-    def epoch_completed(self, engine: Engine) -> None:
-        self.filepath.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.filepath, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "prediction", *(f"probability_{c}" for c in self.class_names)])
-            for image, p in self._rows:
-                writer.writerow([image, self.class_names[int(p.argmax())], *(f"{v:.4f}" for v in p.tolist())])
-        counts = {c: sum(int(p.argmax()) == i for _, p in self._rows) for i, c in enumerate(self.class_names)}
-        self.logger.info("wrote %s: %d images, %s", self.filepath, len(self._rows), counts)

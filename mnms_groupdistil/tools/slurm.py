@@ -1,6 +1,6 @@
 """The runs of the reproduction grid as SLURM jobs, through submitit.
 
-    python -m mnms_groupdistil.reproduce /data/MnM/OpenDataset --launcher slurm --partition gpu \
+    python -m mnms_groupdistil.tools.reproduce /data/MnM/OpenDataset --launcher slurm --partition gpu \
         --gpus_per_run 1 --cpus_per_run 8 --time 2:00:00 [--slurm_parameters params.json]
 
 Every run is one job, running the command the grid runs locally (``python -m monai.bundle run --args_file
@@ -161,7 +161,7 @@ class JobRunner:
     Args:
         executor: a ``submitit`` executor (:func:`make_executor`).
         run: ``(args_path, log_path, processes) -> exit status``, executed in the job; a module-level function,
-            so that the job imports it (the grid's :func:`mnms_groupdistil.reproduce.run_bundle`).
+            so that the job imports it (the grid's :func:`mnms_groupdistil.tools.reproduce.running.run_bundle`).
         processes: training processes per job (one per GPU; ``torchrun`` when more than one).
 
     Example:

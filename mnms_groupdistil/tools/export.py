@@ -1,6 +1,6 @@
 """Export a trained student as a self-contained MONAI bundle that runs without this package.
 
-    python -m mnms_groupdistil.export RUN_DIR BUNDLE_DIR [--checkpoint model_final.pt] [--version 0.1.0] [--onnx]
+    python -m mnms_groupdistil.tools.export RUN_DIR BUNDLE_DIR [--checkpoint model_final.pt] [--version 0.1.0] [--onnx]
 
 writes, from the run's ``run_config.json`` (:mod:`mnms_groupdistil.run_settings`), its checkpoint and its
 ``metrics.json``::
@@ -48,10 +48,10 @@ from typing import Any
 
 import torch
 
-from mnms_groupdistil import registry
 from mnms_groupdistil.network_checkpoints import load_weights
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import package_versions, read_run_settings
+from mnms_groupdistil.tools import registry
 
 __all__ = [
     "MNMS",
@@ -69,7 +69,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PACKAGE = "mnms_groupdistil"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SCRIPTS = "scripts"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$")
 _DENSE_LAYER_KEY = re.compile(r"^(.*denselayer\d+)\.(norm|relu|conv)(\d)\.(.+)$")
@@ -243,7 +243,8 @@ class ExportSpec:
     """What differs between the exports of two bundles.
 
     Args:
-        bundle: folder name of the source bundle under ``bundles/`` (the dataset's, :mod:`mnms_groupdistil.registry`).
+        bundle: folder name of the source bundle under ``bundles/`` (the dataset's,
+            :mod:`mnms_groupdistil.tools.registry`).
         settings: ids of the source ``inference.json`` whose values come from the run's recorded settings.
         input_channel_def: channel meaning written to ``network_data_format`` (one entry per input channel).
         readme: ``(settings, metrics, figures) -> str``: the dataset-specific part of ``docs/README.md``.
@@ -391,7 +392,7 @@ def _readme(
         precision = "on a GPU it runs with automatic mixed precision"
     keys = ("mode", "network_name", "teacher_name", "split", "seed", "max_epochs", "batch_size", "learning_rate")
     trained = "\n".join(f"- {k}: `{settings.get(k)}`" for k in keys if k in settings)
-    return f"""# {settings.get('network_name')} student exported from run `{run_name}` (version {version})
+    return f"""# {settings.get("network_name")} student exported from run `{run_name}` (version {version})
 
 A student network trained with `{PACKAGE}` and exported with `python -m {PACKAGE}.export`. This
 folder is a MONAI bundle that needs only {spec.needs}; `scripts/` holds the code its configs use,

@@ -3,7 +3,7 @@ experiments on it.
 
 One frozen :class:`DatasetSpec` per dataset (:data:`MNMS`, :data:`WATERBIRDS`, both in :data:`DATASETS`),
 read by the tools: the benchmark (bundle, generated cohort), the export (bundle), the report (what a group is
-called, the summary figures), the reproduction and its tables (:mod:`mnms_groupdistil.paper`: the grid's
+called, the summary figures), the reproduction and its tables (:mod:`mnms_groupdistil.tools.paper`: the grid's
 methods and splits, the paper's figures). :func:`bundles_dir` is the folder holding the bundles.
 
 Adding a dataset is one :class:`DatasetSpec` in :data:`DATASETS`.
@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.data.mnms import GROUPS as MNMS_GROUPS
-from mnms_groupdistil.data.synthetic import write_mnms_cohort, write_waterbirds
-from mnms_groupdistil.data.waterbirds import GROUPS as WATERBIRDS_GROUPS
+from mnms_groupdistil.datasets.mnms.release import GROUPS as MNMS_GROUPS
+from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
+from mnms_groupdistil.datasets.waterbirds.reader import GROUPS as WATERBIRDS_GROUPS
+from mnms_groupdistil.datasets.waterbirds.synthetic import write_waterbirds
 
 __all__ = [
     "DATASETS",
@@ -36,7 +37,7 @@ __all__ = [
 
 def bundles_dir() -> Path:
     """The folder holding the bundles of this source checkout (``<repository>/bundles``)."""
-    return Path(__file__).resolve().parents[1] / "bundles"
+    return Path(__file__).resolve().parents[2] / "bundles"
 
 
 def _write_mnms(folder: Path, preset: str) -> Path:
@@ -88,7 +89,7 @@ class Metric:
 @dataclass(frozen=True)
 class DatasetSpec:
     """One dataset's facts: its bundle, its groups, its reports, its generated look-alike, and the paper's
-    experiments on it (what the grid of :mod:`mnms_groupdistil.reproduce` runs, and the paper's figures).
+    experiments on it (what the grid of :mod:`mnms_groupdistil.tools.reproduce` runs, and the paper's figures).
 
     Attributes:
         name: dataset name used in folders, tables and the tools' ``--dataset`` / ``--bundle`` options.
@@ -114,7 +115,7 @@ class DatasetSpec:
         patient_figures: whether its runs also report patient-level figures (``test_patient_acc_<group>``: the
             majority over a patient's frames).
         write_cohort: ``(folder, preset) -> dataset_dir``: writes a generated cohort in the dataset's real
-            layout below ``folder`` (presets and look-alikes: :mod:`mnms_groupdistil.data.synthetic`).
+            layout below ``folder`` (presets and look-alikes: :mod:`mnms_groupdistil.datasets.mnms.synthetic`).
         cohort_settings: the bundle settings a generated cohort needs (the M&Ms ``demo`` split).
     """
 

@@ -1,13 +1,13 @@
 """How a reproduction compares with the paper's experiments.
 
-What the grid of :mod:`mnms_groupdistil.reproduce` runs per dataset, and the paper's figures, are
-dataset facts (:mod:`mnms_groupdistil.registry`). Here are pure functions over the grid's results:
+What the grid of :mod:`mnms_groupdistil.tools.reproduce` runs per dataset, and the paper's figures, are
+dataset facts (:mod:`mnms_groupdistil.tools.registry`). Here are pure functions over the grid's results:
 one row per run (:func:`result_row`), mean and sample standard deviation over seeds (:func:`mean_std`), Markdown
 tables in the shape of the paper's (:func:`paper_table`, :func:`group_table`,
 :func:`step_size_table`), the paired GroupDistil - KD difference per seed
 (:func:`paired_difference_table`), the stability study over grid cells (:func:`history_figures`,
 :func:`study_table`) and PNG plots (:func:`plot_group_accuracy`, :func:`plot_step_sizes`; the group
-weights over training: :func:`mnms_groupdistil.plots.plot_group_weights`). Figures in rows are
+weights over training: :func:`mnms_groupdistil.tools.plots.plot_group_weights`). Figures in rows are
 fractions, as in ``metrics.json``; tables and plots show %.
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.plots import group_name, pyplot, save_figure
-from mnms_groupdistil.registry import ROW_METRICS, WORST, DatasetSpec, Method
+from mnms_groupdistil.tools.plots import group_name, pyplot, save_figure
+from mnms_groupdistil.tools.registry import ROW_METRICS, WORST, DatasetSpec, Method
 
 __all__ = [
     "format_mean_std",

@@ -1,12 +1,12 @@
 """Compare finished runs: a per-group accuracy table, and PNG plots of accuracies and group weights.
 
-    python -m mnms_groupdistil.report runs/teacher runs/kd runs/groupdistil --png runs/summary.png
+    python -m mnms_groupdistil.tools.report runs/teacher runs/kd runs/groupdistil --png runs/summary.png
 
 Each run directory holds the ``metrics.json`` written by the bundles' ``MetricsReport`` handler and
 the TensorBoard event files of its trainer (for the group weights over training;
-:mod:`mnms_groupdistil.runs` reads both). The figures are those of each run's reported model
+:mod:`mnms_groupdistil.tools.runs` reads both). The figures are those of each run's reported model
 (``metrics.json``'s ``selection``: the last epoch unless the run had a validation set) on its test
-data. ``--dataset`` names the bundle the runs come from (:data:`mnms_groupdistil.registry.DATASETS`):
+data. ``--dataset`` names the bundle the runs come from (:data:`mnms_groupdistil.tools.registry.DATASETS`):
 what a group is called and which summary figures the tables hold.
 """
 
@@ -19,10 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mnms_groupdistil.plots import group_name, plot_group_weights, pyplot, save_figure
-from mnms_groupdistil.registry import DATASETS, MNMS, DatasetSpec
-from mnms_groupdistil.runs import load_run
 from mnms_groupdistil.tables import text_table
+from mnms_groupdistil.tools.plots import group_name, plot_group_weights, pyplot, save_figure
+from mnms_groupdistil.tools.registry import DATASETS, MNMS, DatasetSpec
+from mnms_groupdistil.tools.runs import load_run
 
 __all__ = ["accuracy_table", "main", "plot_accuracies", "report_tables", "selection_lines"]
 
@@ -43,7 +43,7 @@ def accuracy_table(
     """A text table: one row per group plus summary rows, one column per run.
 
     Args:
-        reports: run reports from :func:`~mnms_groupdistil.runs.load_run`.
+        reports: run reports from :func:`~mnms_groupdistil.tools.runs.load_run`.
         prefix: per-group metric prefix, ``test_acc`` (frames) or ``test_patient_acc`` (patients);
             ``val_acc`` / ``val_patient_acc`` for validation figures.
         summaries: summary rows, looked up as ``<set>_<summary>_acc`` (frames) or
@@ -90,7 +90,7 @@ def plot_accuracies(
     """Grouped bar chart of per-group accuracy per run, saved as PNG.
 
     Args:
-        reports: run reports from :func:`~mnms_groupdistil.runs.load_run`.
+        reports: run reports from :func:`~mnms_groupdistil.tools.runs.load_run`.
         path: the PNG to write.
         prefix: per-group metric prefix, as in :func:`accuracy_table`.
         group_label: word before each group name on the axis (empty for descriptive group names).

@@ -32,7 +32,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 
-from .data.nifti import nifti_data_problem
+from .nifti import nifti_data_problem
 
 __all__ = [
     "BACKENDS",

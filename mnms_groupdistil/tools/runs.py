@@ -2,7 +2,7 @@
 
 A run's ``output_dir`` holds the ``metrics.json`` written by the bundles' ``MetricsReport`` handler and the
 TensorBoard event files of its trainer (``group_weight/<group>`` scalars). The tools that compare runs
-(:mod:`mnms_groupdistil.report`, the tables and plots of :mod:`mnms_groupdistil.paper`) read them here.
+(:mod:`mnms_groupdistil.tools.report`, the tables and plots of :mod:`mnms_groupdistil.tools.paper`) read them here.
 """
 
 from __future__ import annotations
