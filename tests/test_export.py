@@ -51,7 +51,7 @@ def _random_network(name: str, in_channels: int = 1, seed: int = 0) -> torch.nn.
 @pytest.mark.parametrize("name", ["densenet121", "resnet18", "resnet50"])
 def test_monai_network_computes_what_the_torchvision_network_computes(name):
     trained = _random_network(name, in_channels=3)
-    network = export._instantiate(export.monai_network_def(name, 2, 3)).eval()
+    network = export.instantiate_network(export.monai_network_def(name, 2, 3)).eval()
     network.load_state_dict(export.to_monai_state_dict(name, trained.state_dict()), strict=True)
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
@@ -117,7 +117,8 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     config = json.loads(config_text)
     assert "mnms_groupdistil" not in config_text
     assert (config["image_size"], config["network_name"], config["run_dir"]) == (24, "resnet18", None)
-    copies = ("mnms/inference.py", "mnms/transforms.py", "mnms/dicom.py", "mnms/frames.py", "predictions.py")
+    copies = ("mnms/inference.py", "mnms/transforms.py", "mnms/volumes.py", "mnms/dicom.py", "mnms/frames.py")
+    copies += ("predictions.py",)
     for module in (f"datasets/{m}" for m in copies):  # verbatim copies
         assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
     assert not (bundle / "scripts" / "networks.py").exists()  # the network is MONAI's
@@ -130,7 +131,7 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     x = torch.rand(3, 1, 24, 24)
     with torch.no_grad():
         expected = trained(x)
-        network = export._instantiate(config["network_def"]).eval()
+        network = export.instantiate_network(config["network_def"]).eval()
         network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
         torch.testing.assert_close(network(x), expected, rtol=0, atol=1e-6)
         torch.testing.assert_close(torch.jit.load(str(bundle / "models" / "model.ts"))(x), expected, atol=1e-5, rtol=0)

@@ -19,7 +19,8 @@ from mnms_groupdistil.datasets.mnms.frames import (
     fixed_random_frames,
     random_frames,
 )
-from mnms_groupdistil.datasets.mnms.transforms import LoadCineVolumed, RandCineFramed, SelectCineFramed
+from mnms_groupdistil.datasets.mnms.transforms import RandCineFramed, SelectCineFramed
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolumed
 from mnms_groupdistil.errors import InputError
 
 

@@ -9,13 +9,13 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from mnms_groupdistil.datasets.mnms.transforms import (
-    LoadCineVolumed,
     RescaleIntensity,
     RescaleIntensityd,
     SelectCineFramed,
     VolumePercentiles,
     VolumePercentilesd,
 )
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolumed
 
 
 def test_volume_percentiles_hand_computed():

@@ -14,7 +14,7 @@ from mnms_groupdistil.datasets.mnms.cohort import check_subjects
 from mnms_groupdistil.datasets.mnms.inference import find_cine_volumes
 from mnms_groupdistil.datasets.mnms.nifti import cine_volume_problems, nifti_data_problem
 from mnms_groupdistil.datasets.mnms.release import MnMsDataError
-from mnms_groupdistil.datasets.mnms.transforms import LoadCineVolume
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolume
 
 SHAPE = (8, 8, 2, 3)  # int16: 8 * 8 * 2 * 3 * 2 = 768 bytes of voxel data
 

@@ -16,13 +16,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from mnms_groupdistil.datasets.mnms.transforms import (
-    LoadCineVolume,
-    LoadCineVolumed,
-    RandCineFramed,
-    SelectCineFrame,
-    SelectCineFramed,
-)
+from mnms_groupdistil.datasets.mnms.transforms import RandCineFramed, SelectCineFrame, SelectCineFramed
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolume, LoadCineVolumed
 
 NX, NY, NZ, NT = 6, 5, 4, 3
 

@@ -245,6 +245,10 @@ def _workflow(configs: Sequence[Path], overrides: dict[str, Any]) -> Any:
     return workflow
 
 
+#: Settings of the timed trainings: the timer stops the trainer, no validation, no resume.
+_TIMED_RUN: dict[str, Any] = {"max_epochs": 10**6, "val_interval": 10**6, "resume": False}
+
+
 def benchmark_bundle(
     bundle: str,
     device: str | torch.device,
@@ -271,46 +275,26 @@ def benchmark_bundle(
         ValueError: an unknown bundle, or one whose configs are not in ``bundles_dir``; a ``settings`` id
             that the bundle does not define (:class:`~mnms_groupdistil.errors.UnknownSettingError`).
     """
-    if bundle not in registry.DATASETS:
-        raise ValueError(f"bundle={bundle!r} is not one of {sorted(registry.DATASETS)}.")
-    spec = registry.DATASETS[bundle]
-    configs = Path(bundles_dir or registry.bundles_dir()) / spec.bundle / "configs"
-    if not (configs / "train.json").is_file():
-        raise ValueError(
-            f"bundle={bundle!r}: {configs / 'train.json'} does not exist; this checkout has no "
-            f"{spec.bundle} bundle yet. Benchmark one of the bundles present."
-        )
+    spec, configs = _bundle_configs(bundle, bundles_dir)
     check_overrides(str(configs / "train.json"), settings or {}, where="--override")
     device = torch.device(device)
-    from monai.bundle import ConfigParser
-
+    autocast = autocast_dtype(amp, device)
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         tmp = Path(tmp)
         dataset_dir = spec.write_cohort(tmp / "data", cohort)
-        parser = ConfigParser()
-        parser.read_config(str(configs / "train.json"))
-        names = {k: parser.get_parsed_content(k) for k in ("network_name", "teacher_name", "in_channels")}
-        num_classes = len(parser.get_parsed_content("class_names"))
-        num_groups = len(parser.get_parsed_content("group_names"))
+        names, num_classes, num_groups = _networks_of(configs)
         teacher_ckpt = tmp / "teacher.pt"
         torch.save(build_network(names["teacher_name"], num_classes, names["in_channels"]).state_dict(), teacher_ckpt)
         overrides: dict[str, Any] = {
             **spec.cohort_settings,
             "dataset_dir": str(dataset_dir),
             "teacher_ckpt": str(teacher_ckpt),
+            **_TIMED_RUN,
             "device": str(device),
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "amp": amp,
-            "channels_last": channels_last,
-            "max_epochs": 10**6,  # the timer stops the trainer
-            "val_interval": 10**6,  # validation off
-            "resume": False,
+            **dict(image_size=image_size, batch_size=batch_size, amp=amp, channels_last=channels_last),
+            **({} if num_workers is None else {"num_workers": num_workers}),
+            **(settings or {}),
         }
-        if num_workers is not None:
-            overrides["num_workers"] = num_workers
-        overrides.update(settings or {})
-        autocast = autocast_dtype(amp, device)
         result: dict[str, Any] = {
             "bundle": bundle,
             "student": names["network_name"],
@@ -342,23 +326,58 @@ def benchmark_bundle(
         )
         result["ceiling_img_s"] = ceiling(**shape, loss="plain")
         result["loss_path_img_s"] = ceiling(**shape, loss="project")
-        for mode, extra in (("groupdistil", []), ("kd", [configs / "train_kd.json"])):
-            workflow = _workflow(
-                [configs / "train.json", *extra], {**overrides, "output_dir": str(tmp / f"run_{mode}")}
-            )
-            if mode == "groupdistil":
-                loader = workflow.parser.get_parsed_content("train#dataloader")
-                result["data_pipeline_img_s"] = _data_pipeline(loader, warmup, iterations)
-            timer = _IterationTimer(warmup, iterations, device)
-            timer.attach(workflow.parser.get_parsed_content("train#trainer"))
-            workflow.run()
-            workflow.finalize()
-            result[f"{mode}_end_to_end_img_s"] = timer.images_per_second()
-        result["end_to_end_img_s"] = result.pop("groupdistil_end_to_end_img_s")
+        result.update(_end_to_end(configs, overrides, tmp, warmup, iterations, device))
         result["ratio"] = result["end_to_end_img_s"] / result["ceiling_img_s"]
         result["loss_path_over_plain"] = result["ceiling_img_s"] / result["loss_path_img_s"]
         result["groupdistil_over_kd"] = result["kd_end_to_end_img_s"] / result["end_to_end_img_s"]
         result.update(_peaks(device))
+    return result
+
+
+def _bundle_configs(bundle: str, bundles_dir: str | Path | None) -> tuple[registry.DatasetSpec, Path]:
+    """The dataset of ``bundle`` and its bundle's ``configs`` folder.
+
+    Raises:
+        ValueError: an unknown bundle, or one whose ``train.json`` is not in ``bundles_dir``.
+    """
+    if bundle not in registry.DATASETS:
+        raise ValueError(f"bundle={bundle!r} is not one of {sorted(registry.DATASETS)}.")
+    spec = registry.DATASETS[bundle]
+    configs = Path(bundles_dir or registry.bundles_dir()) / spec.bundle / "configs"
+    if not (configs / "train.json").is_file():
+        raise ValueError(
+            f"bundle={bundle!r}: {configs / 'train.json'} does not exist; this checkout has no "
+            f"{spec.bundle} bundle yet. Benchmark one of the bundles present."
+        )
+    return spec, configs
+
+
+def _networks_of(configs: Path) -> tuple[dict[str, Any], int, int]:
+    """``({network_name, teacher_name, in_channels}, classes, groups)`` as the bundle's ``train.json`` sets them."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    names = {k: parser.get_parsed_content(k) for k in ("network_name", "teacher_name", "in_channels")}
+    return names, len(parser.get_parsed_content("class_names")), len(parser.get_parsed_content("group_names"))
+
+
+def _end_to_end(
+    configs: Path, overrides: dict[str, Any], tmp: Path, warmup: int, iterations: int, device: torch.device
+) -> dict[str, float]:
+    """The bundle's GroupDistil and KD trainings timed, and its data pipeline alone (images per second)."""
+    result = {}
+    for mode, extra in (("groupdistil", []), ("kd", [configs / "train_kd.json"])):
+        workflow = _workflow([configs / "train.json", *extra], {**overrides, "output_dir": str(tmp / f"run_{mode}")})
+        if mode == "groupdistil":
+            loader = workflow.parser.get_parsed_content("train#dataloader")
+            result["data_pipeline_img_s"] = _data_pipeline(loader, warmup, iterations)
+        timer = _IterationTimer(warmup, iterations, device)
+        timer.attach(workflow.parser.get_parsed_content("train#trainer"))
+        workflow.run()
+        workflow.finalize()
+        result[f"{mode}_end_to_end_img_s"] = timer.images_per_second()
+    result["end_to_end_img_s"] = result.pop("groupdistil_end_to_end_img_s")
     return result
 
 

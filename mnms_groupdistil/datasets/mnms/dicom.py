@@ -3,7 +3,7 @@
 :func:`dicom_series_info` reads the headers of the series in one folder (SimpleITK/GDCM, no pixel data) and
 arranges the files by slice position (along the slice normal, ascending) and trigger time (ascending);
 :class:`LoadDicomCine` reads the pixel data into the array order of the NIfTI path
-(:class:`mnms_groupdistil.datasets.mnms.transforms.LoadCineVolume`): ``(X, Y, Z, T)`` with ``X`` the column and
+(:class:`mnms_groupdistil.datasets.mnms.volumes.LoadCineVolume`): ``(X, Y, Z, T)`` with ``X`` the column and
 ``Y`` the row of a stored image, ``Z`` the slice and ``T`` the phase. The scanner vendor comes from the Manufacturer
 tag and is mapped to the M&Ms vendor codes by :func:`vendor_code`.
 

@@ -243,7 +243,7 @@ class CineFrameDataset(torch.utils.data.Dataset):
 
     Args:
         volumes: patient-level volume dictionaries, e.g. a ``monai.data.CacheDataset`` of
-            :class:`~mnms_groupdistil.datasets.mnms.transforms.LoadCineVolumed` (use ``copy_cache=False``), or a list
+            :class:`~mnms_groupdistil.datasets.mnms.volumes.LoadCineVolumed` (use ``copy_cache=False``), or a list
             of dicts.
         frames: frame entries with at least ``"volume"`` (see :func:`random_frames`, :func:`ed_es_frames`).
         transform: frame transform (e.g. ``Compose([RandCineFramed(...), RescaleIntensityd(...),

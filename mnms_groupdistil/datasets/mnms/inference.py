@@ -30,7 +30,7 @@ from ...metrics import majority_vote
 from ..predictions import PredictionWriter
 from .dicom import LoadDicomCine, dicom_series_info, is_dicom_file
 from .nifti import cine_volume_problems
-from .transforms import LoadCineVolume
+from .volumes import LoadCineVolume
 
 __all__ = ["LoadCineInputd", "PatientPredictionWriter", "find_cine_volumes"]
 
@@ -114,7 +114,7 @@ def find_cine_volumes(path: str | Path, pattern: str = "*_sa.nii.gz") -> list[di
 class LoadCineInputd(MapTransform):
     """Load a cine input as ``(X, Y, Z, T)``: a NIfTI file as the training does, a DICOM series folder alike.
 
-    A file goes through :class:`.transforms.LoadCineVolume` (nibabel, stored voxel order), a folder through
+    A file goes through :class:`.volumes.LoadCineVolume` (nibabel, stored voxel order), a folder through
     :class:`.dicom.LoadDicomCine` (slices by position, phases by trigger time).
     The voxel spacing goes under ``spacing_key``.
 

@@ -251,19 +251,7 @@ def synthesize_cine(
     img = img * (1.0 - cavity) + blood * cavity
     img = img * (1.0 - rv) + rv_blood * rv
 
-    # vendor appearance: contrast, bias field, Rician-like noise, scale
-    img = np.power(np.clip(img, 0.0, None), look["gamma"])
-    bias = 1.0 + look["bias"] * (rng.uniform(-1, 1) * (x / nx - 0.5) + rng.uniform(-1, 1) * (y / ny - 0.5))
-    img = img * bias
-    sigma = look["noise"] * rng.uniform(0.8, 1.25)
-    noise_shape = (nx, ny, nz, nt)
-    img = np.sqrt((img + rng.normal(0.0, sigma, noise_shape)) ** 2 + rng.normal(0.0, sigma, noise_shape) ** 2)
-    img = img * look["scale"] * rng.uniform(0.8, 1.25)
-    if np.dtype(dtype) == np.int16:
-        image = np.clip(np.rint(img), 0, 32767).astype(np.int16)
-    else:
-        image = img.astype(np.float32)
-
+    image = _vendor_look(img, look, x / nx - 0.5, y / ny - 0.5, rng, dtype)
     labels = np.zeros(shape, dtype=np.uint8)
     for frame in sorted({ed, es}):
         d = dist[..., 0]
@@ -273,6 +261,21 @@ def synthesize_cine(
         lab[d < rc[..., frame]] = 1
         labels[..., frame] = lab
     return image, labels
+
+
+def _vendor_look(
+    img: np.ndarray, look: Mapping[str, float], x: np.ndarray, y: np.ndarray, rng: np.random.Generator, dtype: Any
+) -> np.ndarray:
+    """A vendor's appearance on a drawn stack ``img``: contrast (gamma), a linear bias field over the centred
+    coordinates ``x``, ``y`` (in [-0.5, 0.5]), Rician-like noise and the intensity scale, stored as ``dtype``."""
+    img = np.power(np.clip(img, 0.0, None), look["gamma"])
+    img = img * (1.0 + look["bias"] * (rng.uniform(-1, 1) * x + rng.uniform(-1, 1) * y))
+    sigma = look["noise"] * rng.uniform(0.8, 1.25)
+    img = np.sqrt((img + rng.normal(0.0, sigma, img.shape)) ** 2 + rng.normal(0.0, sigma, img.shape) ** 2)
+    img = img * look["scale"] * rng.uniform(0.8, 1.25)
+    if np.dtype(dtype) == np.int16:
+        return np.clip(np.rint(img), 0, 32767).astype(np.int16)
+    return img.astype(np.float32)
 
 
 def _random_affine(rng: np.random.Generator, non_orthonormal: bool) -> np.ndarray:
@@ -403,29 +406,8 @@ def write_mnms_cohort_from_counts(
         _save_nifti(subject_dir / f"{code}_sa.nii.gz", image, affine, frame_ms)
         if folder in _GT_FOLDERS:
             _save_nifti(subject_dir / f"{code}_sa_gt.nii.gz", labels, affine, frame_ms)
-        centres = CENTRES[vendor]
-        centre = centres[int(rng.integers(len(centres)))]
-        sex = "M" if rng.random() < 0.6 else "F"
-        height = weight = ""
-        if i not in empty_body_ids:
-            height = f"{rng.normal(176 if sex == 'M' else 163, 8):.1f}"
-            weight = f"{rng.normal(82 if sex == 'M' else 66, 12):.1f}"
-        age = int(np.clip(rng.normal(50, 16), 8, 90))
         rows.append(
-            [
-                str(i),
-                code,
-                pathology,
-                VENDORS[vendor],
-                vendor,
-                str(centre),
-                str(ed),
-                str(es),
-                str(age),
-                sex,
-                height,
-                weight,
-            ]
+            [str(i), code, pathology, VENDORS[vendor], vendor, *_csv_cells(vendor, ed, es, i in empty_body_ids, rng)]
         )
 
     with open(root / INFO_CSV_NAME, "w", newline="", encoding="utf-8") as handle:
@@ -434,6 +416,19 @@ def write_mnms_cohort_from_counts(
         writer.writerows(rows)
     logger.info("wrote %d synthetic M&Ms subjects to %s", n, root)
     return root
+
+
+def _csv_cells(vendor: str, ed: int, es: int, empty_body: bool, rng: np.random.Generator) -> list[str]:
+    """A subject's ``Centre, ED, ES, Age, Sex, Height, Weight`` cells; ``empty_body``: no height and weight."""
+    centres = CENTRES[vendor]
+    centre = centres[int(rng.integers(len(centres)))]
+    sex = "M" if rng.random() < 0.6 else "F"
+    height = weight = ""
+    if not empty_body:
+        height = f"{rng.normal(176 if sex == 'M' else 163, 8):.1f}"
+        weight = f"{rng.normal(82 if sex == 'M' else 66, 12):.1f}"
+    age = int(np.clip(rng.normal(50, 16), 8, 90))
+    return [str(centre), str(ed), str(es), str(age), sex, height, weight]
 
 
 def write_mnms_cohort(out_dir: str | Path, preset: str = "demo", seed: int = 0) -> Path:
