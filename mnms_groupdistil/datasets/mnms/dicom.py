@@ -76,6 +76,32 @@ def _floats(reader: Any, key: str, count: int, file: str, folder: Path) -> np.nd
     return values
 
 
+def _file_header(file: str, folder: Path) -> tuple[Any, ...]:
+    """``(file, size, orientation, position, trigger time, in-plane spacing, manufacturer)`` of one DICOM file.
+
+    Raises:
+        ValueError: the file is unreadable or lacks its position, orientation or trigger time.
+    """
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        reason = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise ValueError(
+            f"DICOM series in {folder}: cannot read {Path(file).name} ({reason[-1] if reason else e})."
+        ) from None
+    size = tuple(reader.GetSize()[:2])
+    orientation = _floats(reader, "orientation", 6, file, folder)
+    position = _floats(reader, "position", 3, file, folder)
+    trigger = float(_floats(reader, "trigger_time", 1, file, folder)[0])
+    key = _TAGS["manufacturer"]
+    manufacturer = reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+    return file, size, orientation, position, trigger, tuple(reader.GetSpacing()[:2]), manufacturer
+
+
 def dicom_series_info(folder: str | os.PathLike) -> dict[str, Any]:
     """Headers of the cine series in ``folder``, arranged by slice position and trigger time.
 
@@ -104,25 +130,8 @@ def dicom_series_info(folder: str | os.PathLike) -> dict[str, Any]:
             f"{folder} holds {len(series)} DICOM series ({', '.join(series)}); put each cine series in its own folder."
         )
     files = [str(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
-    headers = []
-    manufacturer = ""
-    for file in files:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(file)
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            reason = [line.strip() for line in str(e).splitlines() if line.strip()]
-            raise ValueError(
-                f"DICOM series in {folder}: cannot read {Path(file).name} ({reason[-1] if reason else e})."
-            ) from None
-        size = tuple(reader.GetSize()[:2])
-        orientation = _floats(reader, "orientation", 6, file, folder)
-        position = _floats(reader, "position", 3, file, folder)
-        trigger = float(_floats(reader, "trigger_time", 1, file, folder)[0])
-        if not manufacturer and reader.HasMetaDataKey(_TAGS["manufacturer"]):
-            manufacturer = reader.GetMetaData(_TAGS["manufacturer"]).strip()
-        headers.append((file, size, orientation, position, trigger, tuple(reader.GetSpacing()[:2])))
+    headers = [_file_header(file, folder) for file in files]
+    manufacturer = next((h[6] for h in headers if h[6]), "")
     first_size, first_orientation = headers[0][1], headers[0][2]
     for file, size, orientation, *_ in headers:
         if size != first_size or not np.allclose(orientation, first_orientation, atol=1e-4):

@@ -190,6 +190,9 @@ def synthesize_cine(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Synthesize one short-axis cine stack and its label map.
 
+    One function, drawing the heart's shapes in one fixed order from ``rng``: that order fixes every cohort a
+    seed generates (the demo's included), so it is not spread over helpers that could reorder it.
+
     Args:
         shape: (nx, ny, nz, nt).
         ed: End-diastolic frame (largest cavity).
@@ -344,6 +347,8 @@ def write_mnms_cohort_from_counts(
     empty_body_fraction: float = 0.2,
 ) -> Path:
     """Write an M&Ms-like cohort with explicit per-(vendor, pathology) counts.
+
+    The subjects are drawn in one loop, in one fixed order from one generator, which fixes the cohort of a seed.
 
     Args:
         out_dir: Dataset directory to create (the CSV and the four subfolders go in it).

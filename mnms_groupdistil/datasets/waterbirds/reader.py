@@ -134,6 +134,32 @@ def _parse_flag(text: str, allowed: Sequence[int]) -> int | None:
     return int(value)
 
 
+def _metadata_rows(path: Path) -> tuple[list[list[str]], dict[str, int]]:
+    """The cells of every line of ``metadata.csv`` at ``path``, and column name -> index of its header.
+
+    Raises:
+        WaterbirdsDataError: the file cannot be read, is empty, or lacks a needed column.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise WaterbirdsDataError(f"{path}: cannot read the Waterbirds metadata ({err})") from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise WaterbirdsDataError(
+            f"{path}: the Waterbirds metadata is empty (expected the header {','.join(METADATA_COLUMNS)})"
+        )
+    header = [cell.strip() for cell in rows[0]]
+    columns = {name: header.index(name) for name in METADATA_COLUMNS if name in header}
+    missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise WaterbirdsDataError(
+            missing_column_problems(path, missing, header),
+            header=f"unusable Waterbirds metadata {path} (the release's header is {','.join(METADATA_COLUMNS)}):",
+        )
+    return rows, columns
+
+
 def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
     """Read the rows of ``metadata.csv`` and list what is wrong with them.
 
@@ -152,23 +178,7 @@ def read_metadata(csv_path: PathLike) -> tuple[list[dict[str, Any]], list[str]]:
             nothing else can be checked).
     """
     path = Path(csv_path).expanduser().resolve()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise WaterbirdsDataError(f"{path}: cannot read the Waterbirds metadata ({err})") from None
-    rows = list(csv.reader(text.splitlines()))
-    if not rows or not any(cell.strip() for cell in rows[0]):
-        raise WaterbirdsDataError(
-            f"{path}: the Waterbirds metadata is empty (expected the header {','.join(METADATA_COLUMNS)})"
-        )
-    header = [cell.strip() for cell in rows[0]]
-    columns = {name: header.index(name) for name in METADATA_COLUMNS if name in header}
-    missing = [name for name in _REQUIRED_COLUMNS if name not in columns]
-    if missing:
-        raise WaterbirdsDataError(
-            missing_column_problems(path, missing, header),
-            header=f"unusable Waterbirds metadata {path} (the release's header is {','.join(METADATA_COLUMNS)}):",
-        )
+    rows, columns = _metadata_rows(path)
 
     def cell(row: list[str], name: str) -> str:
         index = columns.get(name)
