@@ -54,7 +54,7 @@ class PredictionWriter(ABC):
         batch_transform: engine batch -> the items' identifiers.
         softmax: turn the output into probabilities here; False when the evaluator's postprocessing did
             (``Activationsd(keys="pred", softmax=True)``, as the bundles' ``inference.json`` do).
-        name: logger name.
+        name: logger name (default: the module of the writer's class).
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class PredictionWriter(ABC):
         self.output_transform = output_transform
         self.batch_transform = batch_transform
         self.softmax = bool(softmax)
-        self.logger = logging.getLogger(name or __name__)
+        self.logger = logging.getLogger(name or type(self).__module__)
         self.reset()
 
     def attach(self, engine: Engine) -> None:
