@@ -14,7 +14,7 @@ DEMO=configs/waterbirds_demo.json
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning}"
 
 if [ ! -f "$DATA/waterbird_complete95_forest2water2/metadata.csv" ]; then
-    python -m mnms_groupdistil.data.synthetic waterbirds "$DATA" --preset demo
+    python -m mnms_groupdistil.datasets.generate waterbirds "$DATA" --preset demo
 fi
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
@@ -31,6 +31,6 @@ wb_train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
 wb_train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
 wb_train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
 
-python -m mnms_groupdistil.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
+python -m mnms_groupdistil.tools.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
 echo "These figures are one seed on a small generated dataset: they vary between machines and seeds."
 echo "TensorBoard: tensorboard --logdir $RUNS"

@@ -20,7 +20,8 @@ from helpers import BundleRunner
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from mnms_groupdistil.data.synthetic import write_mnms_cohort, write_waterbirds
+from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
+from mnms_groupdistil.datasets.waterbirds.synthetic import write_waterbirds
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {

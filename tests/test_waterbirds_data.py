@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnms_groupdistil.data import synthetic
-from mnms_groupdistil.data.errors import DataError
-from mnms_groupdistil.data.mnms import MnMsDataError
-from mnms_groupdistil.data.waterbirds import (
+from mnms_groupdistil.datasets import generate
+from mnms_groupdistil.datasets.errors import DataError
+from mnms_groupdistil.datasets.mnms.release import MnMsDataError
+from mnms_groupdistil.datasets.waterbirds import synthetic
+from mnms_groupdistil.datasets.waterbirds.inference import find_images
+from mnms_groupdistil.datasets.waterbirds.loading import cached_dataset
+from mnms_groupdistil.datasets.waterbirds.reader import (
     GROUPS,
     METADATA_COLUMNS,
     RELEASE_FOLDER,
     RELEASE_TRAIN_COUNTS,
     WaterbirdsDataError,
-    cached_dataset,
-    find_images,
     find_metadata,
     group_counts,
     prepare_waterbirds,
@@ -316,11 +317,11 @@ def test_plain_centred_digits_backgrounds_are_the_place_colour_only(tmp_path):
 
 
 def test_cli_writes_both_datasets_and_keeps_mnms(tmp_path):
-    assert synthetic.main(["waterbirds", str(tmp_path / "w"), "--preset", "tiny"]) == 0
+    assert generate.main(["waterbirds", str(tmp_path / "w"), "--preset", "tiny"]) == 0
     assert (tmp_path / "w" / RELEASE_FOLDER / "metadata.csv").is_file()
     digits = ["digits", str(tmp_path / "d"), "--val_per_group", "3", "--test_per_group", "3", "--background", "plain"]
-    assert synthetic.main(digits) == 0
+    assert generate.main(digits) == 0
     assert (tmp_path / "d" / RELEASE_FOLDER / "metadata.csv").is_file()
     with pytest.raises(SystemExit):
-        synthetic.main(["waterbirds", str(tmp_path / "x"), "--preset", "huge"])
-    assert "mnms" in synthetic.build_parser().format_help()
+        generate.main(["waterbirds", str(tmp_path / "x"), "--preset", "huge"])
+    assert "mnms" in generate.build_parser().format_help()
