@@ -215,7 +215,13 @@ class RunGuard:
             f"checkpoint saved in {self._final_path()}: run the same command again to resume",
         )
         self.logger.warning(str(stop))
-        self.checkpoint_saver.exception_raised(engine, stop)  # saves, then raises SystemExit
+        try:
+            self.checkpoint_saver.exception_raised(engine, stop)  # saves (the main rank), then raises SystemExit
+        finally:
+            # every rank stops after this iteration: none leaves before the main rank's save is complete, since
+            # torchrun stops the other ranks as soon as one has exited, and would cut that save short
+            if idist.get_world_size() > 1:
+                idist.barrier()
 
     def completed(self, engine: Engine) -> None:
         """Put back the signal handlers that were there before the run."""
