@@ -96,6 +96,7 @@ from mnms_groupdistil.plots import plot_group_weights
 from mnms_groupdistil.registry import DATASETS, MEAN, WORST, DatasetSpec, Method, Metric, bundles_dir
 from mnms_groupdistil.runs import load_metrics
 from mnms_groupdistil.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor
+from mnms_groupdistil.tracking import grid_run_args, grid_tracking, log_summary, untracked
 
 __all__ = [
     "Run",
@@ -445,6 +446,7 @@ def run_grid(
     split_seed: int = 0,
     runner: Callable[[Path, Path], int] = run_bundle,
     jobs: int = 1,
+    tracking: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train the runs that are not finished and return one :func:`result_row` per run, in ``runs``' order.
 
@@ -459,6 +461,8 @@ def run_grid(
         dataset_dir, bundles_dir, extra_configs, overrides, split_seed: see :func:`bundle_args`.
         runner: ``(args_path, log_path) -> exit status``; default :func:`run_bundle`.
         jobs: how many runs train at the same time (each its own process with the default runner).
+        tracking: the tracking arguments every run shares (:func:`~mnms_groupdistil.tracking.grid_tracking`);
+            each run is then an MLflow run named :attr:`Run.name`, tagged with its method, split, seed and cell.
 
     Raises:
         ValueError: when ``jobs`` is not a positive int, or a run folder holds a run started with other settings.
@@ -475,6 +479,8 @@ def run_grid(
         try:
             teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
             args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
+            tags = {"method": run.key, "split": run.split, "seed": run.seed, **({"cell": run.cell} if run.cell else {})}
+            args.update(grid_run_args(tracking, run.name, tags))
             return _train_one(spec, run, args, f"[{index}/{len(runs)}] {spec.name} {run.name}", required, runner)
         except Exception:
             stop.set()
@@ -545,7 +551,8 @@ def _check_recorded_args(run: Run, args: Mapping[str, Any]) -> None:
     """
     args_path = run.run_dir / RUN_ARGS
     if args_path.is_file():
-        before = json.loads(args_path.read_text(encoding="utf-8"))
+        before = untracked(json.loads(args_path.read_text(encoding="utf-8")))  # tracked or not: the same run
+        args = untracked(args)
         if before != args:
             changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
             raise ValueError(
@@ -652,8 +659,7 @@ def write_outputs(
     lines += [f"- {s}" for s in settings]
     lines += [
         f"- Training seeds: {', '.join(map(str, seeds))} ({len(seeds)}); the paper averaged {spec.paper_seeds}.",
-        "- Ours: mean ± sample standard deviation over the seeds, in %. "
-        "Paper: its reported mean (± std where given).",
+        "- Ours: mean ± sample standard deviation over the seeds, in %. Paper: its reported mean (± std where given).",
         "",
     ]
     if cells != [""]:
@@ -698,7 +704,9 @@ def _cell_sections(
         accuracy = plot_group_accuracy(spec, rows, split, out / f"group_accuracy_{spec.name}_{split}{tag}.png")
         methods = {f"{m.label} {m.network}": [r.run_dir for r in mine if r.key == m.key] for m in spec.methods}
         weights = plot_group_weights(
-            methods, out / f"group_weights_{spec.name}_{split}{tag}.png", f"{spec.name} {split}: group weights",
+            methods,
+            out / f"group_weights_{spec.name}_{split}{tag}.png",
+            f"{spec.name} {split}: group weights",
             spec.group_label,
         )
         by_eta: dict[float, list[Path]] = {}
@@ -795,15 +803,16 @@ def _train(
     runner: Callable[..., int],
     parameters: Mapping[str, Any] | None,
     cluster: str,
+    tracking: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_grid` on this machine, or with each run a job of a submitit executor on ``cluster``."""
     common = (spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed)
     if parameters is None:
-        return run_grid(*common, runner, args.jobs or 1)
+        return run_grid(*common, runner, args.jobs or 1, tracking)
     executor = make_executor(Path(args.output_dir) / JOBS_FOLDER, parameters, cluster)
     ordered = submission_order(runs)
     jobs = JobRunner(executor, runner, max(1, int(parameters["gpus_per_node"])))
-    rows = run_grid(spec, ordered, *common[2:], jobs, args.jobs or len(ordered))
+    rows = run_grid(spec, ordered, *common[2:], jobs, args.jobs or len(ordered), tracking)
     by_dir = {run.run_dir: row for run, row in zip(ordered, rows)}
     return [by_dir[run.run_dir] for run in runs]
 
@@ -856,6 +865,9 @@ def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bun
     )
     parser.add_argument("--methods", nargs="+", help="methods to run (default all; the teacher comes with distillers)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
+    parser.add_argument("--tracking", help="track every run with MLflow: mlflow, or a tracking settings file")
+    parser.add_argument("--tracking_uri", help="where to track (default: sqlite <output_dir>/mlruns.db)")
+    parser.add_argument("--experiment_name", help="the grid's MLflow experiment (default: <bundle>_reproduce)")
     _add_launcher_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -904,12 +916,14 @@ def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bun
         return 0
     start = time.monotonic()
     try:
+        experiment = args.experiment_name or f"{spec.bundle}_reproduce"
+        tracking = grid_tracking(args.tracking, args.output_dir, args.tracking_uri, experiment)
         if args.collect:
             rows = collect_rows(
                 spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed
             )
         else:
-            rows = _train(args, spec, runs, overrides, runner, parameters, cluster)
+            rows = _train(args, spec, runs, overrides, runner, parameters, cluster, tracking)
     except (RuntimeError, ValueError) as error:
         logger.error(str(error))
         return 1
@@ -920,6 +934,8 @@ def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bun
         f"{', '.join(args.config_file) or 'none'}; overrides: {', '.join(args.override) or 'none'}.",
     ]
     written = write_outputs(spec, runs, rows, args.output_dir, settings)
+    if tracking is not None:  # the tables and plots: a run of the grid's experiment
+        log_summary(tracking["tracking_uri"], experiment, list(written.values()), tags={"dataset": spec.name})
     print("\n".join(paper_table(spec, rows, list(dict.fromkeys(r.split for r in runs)))))
     logger.info(f"{len(runs)} runs in {time.monotonic() - start:.0f} s; wrote {', '.join(map(str, written.values()))}")
     return 0

@@ -18,9 +18,10 @@ handlers and completes it; without one (no ``--tracking``) it does nothing. In t
 MONAI's settings disable their handlers where the config id ``is_not_rank0`` is true; the bundles define it as
 :func:`tracking_disabled`, which also refuses to start when MLflow is not installed, naming the package extra.
 
-The grid of :mod:`mnms_groupdistil.reproduce` tracks each of its runs in one experiment: :func:`grid_run_args`
-gives a run's tracking arguments, :func:`untracked` takes them out again when a run's recorded arguments are
-compared, and :func:`log_summary` keeps the grid's tables and plots in a run of their own.
+The grid of :mod:`mnms_groupdistil.reproduce` tracks each of its runs in one experiment: :func:`grid_tracking`
+sets it up, :func:`grid_run_args` gives a run's tracking arguments, :func:`untracked` takes them out again when a
+run's recorded arguments are compared, and :func:`log_summary` keeps the grid's tables and plots in a run of their
+own.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "RunTracking",
     "TrackingNotInstalledError",
     "grid_run_args",
+    "grid_tracking",
     "log_summary",
     "require_mlflow",
     "tracking_disabled",
@@ -226,9 +228,40 @@ class RunTracking:
 # ------------------------------------------------------------------------------------------- the grid
 
 
+def grid_tracking(
+    tracking: str | None,
+    output_dir: str | Path,
+    tracking_uri: str | None = None,
+    experiment_name: str = "reproduce",
+) -> dict[str, Any] | None:
+    """The tracking arguments every run of a grid shares, its experiment created; None without ``tracking``.
+
+    Creating the experiment first spares the grid's runs a race to create it when several start together.
+
+    Args:
+        tracking: ``mlflow`` or a tracking settings file (as ``--tracking`` of a bundle run), or None.
+        output_dir: the grid's folder; the default store is the SQLite file ``<output_dir>/mlruns.db``.
+        tracking_uri: where to track instead (e.g. a tracking server's address).
+        experiment_name: the grid's experiment.
+
+    Raises:
+        TrackingNotInstalledError: MLflow cannot be imported.
+    """
+    if tracking is None:
+        return None
+    require_mlflow()
+    import mlflow
+    from monai.utils import path_to_sqlite_uri
+
+    uri = tracking_uri or path_to_sqlite_uri(Path(output_dir).resolve() / "mlruns.db")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    _experiment_id(mlflow.MlflowClient(tracking_uri=uri), experiment_name, uri)
+    return {"tracking": tracking, "tracking_uri": uri, "experiment_name": experiment_name}
+
+
 def grid_run_args(settings: Mapping[str, Any] | None, run_name: str, tags: Mapping[str, Any]) -> dict[str, Any]:
-    """The tracking arguments of one run of a grid: ``settings`` (``tracking``, ``tracking_uri``,
-    ``experiment_name``), the run's name and its tags; none when the grid is not tracked (``settings`` None).
+    """The tracking arguments of one run of a grid: the shared ``settings`` (:func:`grid_tracking`), the run's
+    name and its tags; none when the grid is not tracked (``settings`` None).
 
     Args:
         settings: the arguments every tracked run of the grid shares, or None.
@@ -251,6 +284,14 @@ def _sqlite_artifacts(tracking_uri: str) -> str | None:
     if not tracking_uri.startswith(prefix):
         return None
     return (Path(tracking_uri[len(prefix) :]).parent / "mlruns").resolve().as_uri()
+
+
+def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created if it does not exist."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=_sqlite_artifacts(tracking_uri))
 
 
 def log_summary(
@@ -279,11 +320,7 @@ def log_summary(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        experiment_id = client.create_experiment(experiment_name, artifact_location=_sqlite_artifacts(tracking_uri))
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = _experiment_id(client, experiment_name, tracking_uri)
     run = client.create_run(experiment_id, run_name=run_name, tags={str(k): str(v) for k, v in (tags or {}).items()})
     for path in files:
         client.log_artifact(run.info.run_id, str(path))

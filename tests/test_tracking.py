@@ -273,3 +273,45 @@ def test_the_grid_summary_is_a_run_with_its_files(tmp_path):
     assert run.data.tags["dataset"] == "mnms"
     assert artifact_names(client, run) == {"results.md", "plot.png"}
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the store, where MONAI's handler keeps them
+
+
+@pytest.mark.slow
+def test_a_tracked_grid_is_one_experiment_of_a_run_per_training(bundle, cohort, tmp_path):
+    """``reproduce --tracking mlflow``: an MLflow run per method and seed, tagged, and one with the summary; the
+    same grid without ``--tracking`` then reuses the finished runs (tracking is no setting of what they train)."""
+    from mnms_groupdistil.reproduce import main
+
+    def in_process(args_path: Path, log_path: Path) -> int:  # `python -m monai.bundle run --args_file`, here
+        args = json.loads(args_path.read_text())
+        bundle.run(args.pop("config_file"), workflow_type=None, run_id=args.pop("run_id"), **args)
+        return 0
+
+    out = tmp_path / "grid"
+    settings = {**TINY_MNMS, "test_frames_per_patient": 2, "log_interval": 1}
+    split = settings.pop("split")
+    argv = [str(cohort), "--seeds", "0", "1", "--splits", split, "--methods", "teacher", "--output_dir", str(out)]
+    argv += ["--override", *(f"{k}={v}" for k, v in settings.items())]
+    assert main([*argv, "--tracking", "mlflow"], runner=in_process) == 0
+
+    client = client_of(out)
+    runs = {r.info.run_name: r for r in runs_of(client, "mnms_groupdistil_reproduce")}
+    assert set(runs) == {"demo seed 0 teacher", "demo seed 1 teacher", "summary"}
+    for seed in (0, 1):
+        run = runs[f"demo seed {seed} teacher"]
+        assert {k: run.data.tags[k] for k in ("method", "split", "seed")} == {
+            "method": "teacher",
+            "split": split,
+            "seed": str(seed),
+        }
+        run_dir = out / "runs" / "mnms" / split / f"seed{seed}" / "teacher"
+        assert run.data.params["seed"] == str(seed) and run.data.params["bundle_root"]
+        report = json.loads((run_dir / "metrics.json").read_text())
+        logged = history(client, run, "test_worst_group_acc")
+        assert [s for s, _ in logged] == [1] and same_figure(logged[0][1], report["metrics"]["test_worst_group_acc"])
+        assert history(client, run, "train_loss") and history(client, run, "group_weight/A")
+    written = {p.name for p in out.iterdir() if p.suffix in (".csv", ".md", ".png")}
+    assert {"results.csv", "results.md"} <= written and any(name.endswith(".png") for name in written)
+    assert artifact_names(client, runs["summary"]) == written
+
+    assert main(argv, runner=in_process) == 0  # untracked now: the finished runs are reused, not refused
+    assert len(runs_of(client, "mnms_groupdistil_reproduce")) == 3
