@@ -265,7 +265,7 @@ def grid_run_args(settings: Mapping[str, Any] | None, run_name: str, tags: Mappi
 
     Args:
         settings: the arguments every tracked run of the grid shares, or None.
-        run_name: the run's MLflow name (a resumed run continues the unfinished MLflow run of that name).
+        run_name: the run's MLflow name (MONAI's handler logs into an unfinished MLflow run of that name, if any).
         tags: e.g. method, split and seed; values as text.
     """
     if settings is None:

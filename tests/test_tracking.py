@@ -211,6 +211,50 @@ def test_a_tracked_waterbirds_training_and_evaluation(waterbirds_bundle, waterbi
     assert "evaluation.json" in artifact_names(client, evaluation)
 
 
+def user_settings(tracking_uri: str, experiment: str) -> dict:
+    """A user's tracking settings as the bundles' docs show them: MONAI's pattern, their own store and experiment."""
+    handler = {
+        "_target_": "MLFlowHandler",
+        "_disabled_": "@is_not_rank0",
+        "tracking_uri": "@tracking_uri",
+        "experiment_name": "@experiment_name",
+        "run_name": "@run_name",
+    }
+    return {
+        "handlers_id": {
+            "trainer": {"id": "train#trainer", "handlers": "train#handlers"},
+            "validator": {"id": "validate#evaluator", "handlers": "validate#handlers"},
+            "evaluator": {"id": "evaluator", "handlers": "handlers"},
+        },
+        "configs": {
+            "tracking_uri": tracking_uri,
+            "experiment_name": experiment,
+            "run_name": "teacher-1",
+            "trainer": {**handler, "tag_name": "train_loss", "close_on_complete": True},
+            "validator": {**handler, "iteration_log": False},
+            "evaluator": {**handler, "iteration_log": False, "close_on_complete": True},
+        },
+    }
+
+
+@pytest.mark.slow
+def test_a_settings_file_of_the_user_s_tracks_where_it_says(waterbirds_bundle, waterbirds, tmp_path):
+    store = tmp_path / "store" / "team.db"
+    store.parent.mkdir()
+    settings = tmp_path / "tracking.json"
+    settings.write_text(json.dumps(user_settings(f"sqlite:///{store}", "waterbirds_teachers")))
+    out = tmp_path / "teacher"
+    configs = ["train.json", "train_teacher.json"]
+    waterbirds_bundle.run(
+        configs, tracking=str(settings), dataset_dir=str(waterbirds), output_dir=str(out), log_interval=1, **TINY
+    )
+    assert not (out / "mlruns.db").exists()  # not MONAI's default store
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    [run] = runs_of(client, "waterbirds_teachers")
+    assert run.info.run_name == "teacher-1"
+    check_training_run(client, run, out, WATERBIRDS_GROUPS, epochs=1, log_interval=1, tmp_path=tmp_path)
+
+
 # ------------------------------------------------------------------------------- without MLflow
 
 
