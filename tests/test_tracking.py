@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY, TINY_MNMS, exception_chain, refused
+from helpers import REPO, TINY, TINY_MNMS, exception_chain, refused
 from mlflow import MlflowClient
 
 from mnms_groupdistil.data.synthetic import write_waterbirds
@@ -174,6 +175,27 @@ def test_every_mnms_train_config_is_tracked(bundle, cohort, untrained_teacher, t
     client = client_of(out)
     [run] = runs_of(client)
     check_training_run(client, run, out, MNMS_GROUPS, epochs=1, log_interval=1, tmp_path=tmp_path)
+
+
+@pytest.mark.slow
+def test_under_torchrun_only_the_main_process_tracks(bundle, cohort, tmp_path):
+    """Two CPU processes (gloo): one MLflow run, whose figures are those of the run's metrics.json."""
+    out = tmp_path / "ddp"
+    configs = bundle.paths(["train.json", "train_teacher.json", "multi_gpu_train.json"])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "monai.bundle", "run", "training", "--config_file", repr(configs)]
+    settings = {**TINY_MNMS, "max_epochs": 2, "log_interval": 1, "dataset_dir": cohort, "output_dir": out}
+    command += [item for key, value in settings.items() for item in (f"--{key}", str(value))] + ["--tracking", "mlflow"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = client_of(out)
+    [run] = runs_of(client)
+    assert run.info.status == "FINISHED"
+    report = json.loads((out / "metrics.json").read_text())
+    logged = history(client, run, "test_worst_group_acc")
+    assert [s for s, _ in logged] == [1, 2]
+    assert all(same_figure(v, h["metrics"]["test_worst_group_acc"]) for (_, v), h in zip(logged, report["history"]))
 
 
 # ------------------------------------------------------------------------------------ Waterbirds
