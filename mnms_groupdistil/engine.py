@@ -30,11 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from mnms_groupdistil.acceleration import to_device
-from mnms_groupdistil.data.samplers import BalancedBatchSampler, GroupBatchSampler, check_batching
 from mnms_groupdistil.errors import InputError, SettingError
 from mnms_groupdistil.handlers import AttachMetrics, MetricsReport, attach_resume
 from mnms_groupdistil.metrics import GroupAccuracy, group_metrics, metric_name
 from mnms_groupdistil.network_checkpoints import load_network
+from mnms_groupdistil.samplers import BalancedBatchSampler, GroupBatchSampler, check_batching
 
 __all__ = [
     "KEY_REDUCTION",
@@ -65,10 +65,10 @@ def train_loader(
 ) -> DataLoader:
     """A training ``DataLoader`` whose batches have the composition ``batching`` names.
 
-    - ``one_group``: :class:`~mnms_groupdistil.data.samplers.GroupBatchSampler` (Algorithm 1).
+    - ``one_group``: :class:`~mnms_groupdistil.samplers.GroupBatchSampler` (Algorithm 1).
     - ``mixed``: ``sampler`` (default a ``RandomSampler``; ``multi_gpu_train.json`` gives a
       ``DistributedSampler``) in batches of ``batch_size``: the data's proportions.
-    - ``balanced``: :class:`~mnms_groupdistil.data.samplers.BalancedBatchSampler`, every group in
+    - ``balanced``: :class:`~mnms_groupdistil.samplers.BalancedBatchSampler`, every group in
       equal shares in every batch (under ``torch.distributed``: in every global batch).
 
     The group samplers draw from ``(seed, epoch)``; the trainer's
@@ -77,7 +77,7 @@ def train_loader(
     Args:
         dataset: the training dataset.
         groups: group id of every sample of ``dataset``.
-        batching: one of :data:`~mnms_groupdistil.data.samplers.BATCHINGS`.
+        batching: one of :data:`~mnms_groupdistil.samplers.BATCHINGS`.
         batch_size: samples per batch (per rank).
         seed: the run's seed.
         sampler: the sampler of ``mixed`` batches.

@@ -2,7 +2,7 @@
 
 A trained network only works on input prepared as during its training (same frame size, intensity scaling,
 channels, classes). ``train.json`` calls :func:`write_run_settings` when a run starts; ``inference.json`` and
-:mod:`mnms_groupdistil.export` read the record back with :func:`read_run_settings` and refuse settings that
+:mod:`mnms_groupdistil.tools.export` read the record back with :func:`read_run_settings` and refuse settings that
 disagree with it (:func:`check_run_settings`).
 
 The record holds ``settings`` (the resolved values given by the config), ``command`` (the command line of the

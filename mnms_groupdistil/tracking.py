@@ -18,7 +18,7 @@ handlers and completes it; without one (no ``--tracking``) it does nothing. In t
 MONAI's settings disable their handlers where the config id ``is_not_rank0`` is true; the bundles define it as
 :func:`tracking_disabled`, which also refuses to start when MLflow is not installed, naming the package extra.
 
-The grid of :mod:`mnms_groupdistil.reproduce` tracks each of its runs in one experiment: :func:`grid_tracking`
+The grid of :mod:`mnms_groupdistil.tools.reproduce` tracks each of its runs in one experiment: :func:`grid_tracking`
 sets it up, :func:`grid_run_args` gives a run's tracking arguments, :func:`untracked` takes them out again when a
 run's recorded arguments are compared, and :func:`log_summary` keeps the grid's tables and plots in a run of their
 own.

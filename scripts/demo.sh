@@ -21,7 +21,7 @@ DEMO_TEACHER=configs/demo_teacher.json  # the teacher's own epochs (see the M&Ms
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning}"
 
 if [ ! -f "$DATA/211230_M&Ms_Dataset_information_diagnosis_opendataset.csv" ]; then
-    python -m mnms_groupdistil.data.synthetic mnms "$DATA" --preset demo
+    python -m mnms_groupdistil.datasets.generate mnms "$DATA" --preset demo
 fi
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
@@ -34,7 +34,7 @@ train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
 train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
 train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
 
-python -m mnms_groupdistil.report "$RUNS/teacher" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil" \
+python -m mnms_groupdistil.tools.report "$RUNS/teacher" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil" \
     --png "$RUNS/summary.png"
 echo "These are the figures of one run (seed 0, split_seed 0); they vary between machines and seeds."
 echo "TensorBoard: tensorboard --logdir $RUNS"

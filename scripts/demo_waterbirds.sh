@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Waterbirds bundle on a small generated dataset, on the CPU: write a Waterbirds-like dataset in the
-# release's layout (drawn birds on drawn land/water scenes), train a groupDRO ResNet-50 teacher, then four
-# ResNet-18 students (ERM, groupDRO, KD, GroupDistil), and print their per-group accuracy on the test split.
+# release's layout (drawn birds on drawn land/water scenes), train a groupDRO ResNet-34 teacher (the demo's
+# teacher_name; the bundle's default is the paper's ResNet-50), then four ResNet-18 students (ERM,
+# groupDRO, KD, GroupDistil), and print their per-group accuracy on the test split.
 # Run through `scripts/demo.sh waterbirds`. RUNS (default runs/demo_waterbirds) and DATA (default
 # demo_data/waterbirds) can be set in the environment; previous demo runs in RUNS are replaced.
 set -euo pipefail
@@ -13,7 +14,7 @@ DEMO=configs/waterbirds_demo.json
 export PYTHONWARNINGS="${PYTHONWARNINGS:-ignore::UserWarning,ignore::FutureWarning}"
 
 if [ ! -f "$DATA/waterbird_complete95_forest2water2/metadata.csv" ]; then
-    python -m mnms_groupdistil.data.synthetic waterbirds "$DATA" --preset demo
+    python -m mnms_groupdistil.datasets.generate waterbirds "$DATA" --preset demo
 fi
 rm -rf "$RUNS"
 mkdir -p "$RUNS"
@@ -30,6 +31,6 @@ wb_train groupdro "['$BUNDLE/train.json','$BUNDLE/train_groupdro.json','$DEMO']"
 wb_train kd "['$BUNDLE/train.json','$BUNDLE/train_kd.json','$DEMO']" --teacher_ckpt "$TEACHER"
 wb_train groupdistil "['$BUNDLE/train.json','$DEMO']" --teacher_ckpt "$TEACHER"
 
-python -m mnms_groupdistil.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
+python -m mnms_groupdistil.tools.report --dataset waterbirds "$RUNS/teacher" "$RUNS/erm" "$RUNS/groupdro" "$RUNS/kd" "$RUNS/groupdistil"
 echo "These figures are one seed on a small generated dataset: they vary between machines and seeds."
 echo "TensorBoard: tensorboard --logdir $RUNS"

@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import MNMS_BUNDLE, REPO, WATERBIRDS_BUNDLE, BundleRunner
 
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
 from mnms_groupdistil.networks import build_network
 
 #: MLflow 3 reports usage from a background thread, which on a machine without a network holds up the end of every

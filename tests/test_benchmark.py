@@ -1,4 +1,5 @@
-"""``python -m mnms_groupdistil.benchmark``: one tiny CPU run, checked for structure and consistency (not speed)."""
+"""``python -m mnms_groupdistil.tools.benchmark``: one tiny CPU run, checked for structure and consistency
+(not speed)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pytest
 import torch
 
-from mnms_groupdistil import benchmark
+from mnms_groupdistil.tools import benchmark
 
 TINY_ARGS = [
     "--device", "cpu", "--image_size", "32", "--batch_size", "4", "--warmup", "1", "--iterations", "2",

@@ -34,8 +34,10 @@ from helpers import (
 )
 from monai.bundle import ConfigParser
 
-from mnms_groupdistil.data.mnms import INFO_CSV_NAME, MnMsDataError, load_mnms_cohort, select_split
-from mnms_groupdistil.data.synthetic import write_mnms_cohort
+from mnms_groupdistil.datasets.mnms.cohort import load_mnms_cohort
+from mnms_groupdistil.datasets.mnms.release import INFO_CSV_NAME, MnMsDataError
+from mnms_groupdistil.datasets.mnms.splits import select_split
+from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
 from mnms_groupdistil.errors import InputError
 from mnms_groupdistil.network_checkpoints import CheckpointNotFoundError
 
@@ -214,7 +216,8 @@ def test_reference_check_catches_typos():
     config["validate"]["volumes"]["transform"] = "%train#volumes#transfrom"
     config["loss"]["_target_"] = "mnms_groupdistil.losses.GroupWeightedLos"
     config["train"]["inferer"]["_target_"] = "SimpleInfererr"
-    config["split_data"] = "$mnms_groupdistil.data.mnms.prepare_splits(@dataset_dir, @split, @seed, @output_dir)"
+    splits = "mnms_groupdistil.datasets.mnms.splits"
+    config["split_data"] = f"${splits}.prepare_splits(@dataset_dir, @split, @seed, @output_dir)"
     problems = "\n".join(config_problems(config))
     for typo in ("network_deff", "transfrom", "GroupWeightedLos", "SimpleInfererr", "prepare_splits"):
         assert typo in problems, f"{typo} was not reported:\n{problems}"
@@ -514,7 +517,7 @@ def test_inference_writes_one_prediction_per_volume(bundle, cohort, student_dirs
     """
     folder = cohort / "Testing"
     volumes = sorted(folder.rglob("*_sa.nii.gz"))
-    with caplog.at_level("INFO", logger="mnms_groupdistil.inference"):
+    with caplog.at_level("INFO", logger="mnms_groupdistil.datasets.mnms.inference"):
         workflow = bundle.run(
             [INFERENCE],
             workflow_type=None,
@@ -677,7 +680,7 @@ def test_split_and_test_frames_follow_split_seed_not_seed(bundle, cohort, tmp_pa
 
 
 def test_test_frames_options(bundle, cohort, tmp_path):
-    from mnms_groupdistil.data.frames import all_frames, ed_es_frames
+    from mnms_groupdistil.datasets.mnms.frames import all_frames, ed_es_frames
 
     ed_es = _initialized(bundle, cohort, tmp_path / "ed_es", test_frames="ed_es")
     test = ed_es.parser.get_parsed_content("test#datalist")

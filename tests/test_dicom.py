@@ -14,9 +14,9 @@ import torch
 from helpers import CONFIGS, sr_items, write_dicom_series
 from monai.bundle import ConfigWorkflow
 
-from mnms_groupdistil.dicom import LoadDicomCine, dicom_series_info, vendor_code
-from mnms_groupdistil.dicom_sr import SeriesReportWriter
-from mnms_groupdistil.inference import LoadCineInputd, find_cine_volumes
+from mnms_groupdistil.datasets.mnms.dicom import LoadDicomCine, dicom_series_info, vendor_code
+from mnms_groupdistil.datasets.mnms.dicom_sr import SeriesReportWriter
+from mnms_groupdistil.datasets.mnms.inference import LoadCineInputd, find_cine_volumes
 from mnms_groupdistil.networks import build_network
 
 INFERENCE = CONFIGS / "inference.json"

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
-from mnms_groupdistil.data.samplers import BalancedBatchSampler, GroupBatchSampler
 from mnms_groupdistil.engine import (
     GroupEvaluation,
     group_evaluator,
@@ -19,6 +18,7 @@ from mnms_groupdistil.engine import (
     trained_network,
 )
 from mnms_groupdistil.errors import InputError, SettingError
+from mnms_groupdistil.samplers import BalancedBatchSampler, GroupBatchSampler
 
 GROUPS = [0] * 12 + [1] * 6 + [2] * 3
 DATA = list(range(len(GROUPS)))

@@ -29,9 +29,9 @@ from helpers import (
 )
 from monai.bundle import ConfigParser, ConfigWorkflow, download_large_files, verify_net_in_out
 
-from mnms_groupdistil import export
 from mnms_groupdistil.networks import build_network
 from mnms_groupdistil.run_settings import write_run_settings
+from mnms_groupdistil.tools import export
 
 CLASSES = ["NOR", "HCM"]
 
@@ -51,7 +51,7 @@ def _random_network(name: str, in_channels: int = 1, seed: int = 0) -> torch.nn.
 @pytest.mark.parametrize("name", ["densenet121", "resnet18", "resnet50"])
 def test_monai_network_computes_what_the_torchvision_network_computes(name):
     trained = _random_network(name, in_channels=3)
-    network = export._instantiate(export.monai_network_def(name, 2, 3)).eval()
+    network = export.instantiate_network(export.monai_network_def(name, 2, 3)).eval()
     network.load_state_dict(export.to_monai_state_dict(name, trained.state_dict()), strict=True)
     x = torch.rand(2, 3, 40, 40)
     with torch.no_grad():
@@ -117,7 +117,9 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     config = json.loads(config_text)
     assert "mnms_groupdistil" not in config_text
     assert (config["image_size"], config["network_name"], config["run_dir"]) == (24, "resnet18", None)
-    for module in ("inference.py", "transforms.py", "dicom.py", "data/frames.py"):  # verbatim copies
+    copies = ("mnms/inference.py", "mnms/transforms.py", "mnms/volumes.py", "mnms/dicom.py", "mnms/frames.py")
+    copies += ("predictions.py",)
+    for module in (f"datasets/{m}" for m in copies):  # verbatim copies
         assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
     assert not (bundle / "scripts" / "networks.py").exists()  # the network is MONAI's
     # the bundle's output is probabilities: the softmax is its postprocessing (logits 0, ln 3 -> 1/4, 3/4)
@@ -129,7 +131,7 @@ def test_export_writes_a_model_zoo_bundle(tmp_path):
     x = torch.rand(3, 1, 24, 24)
     with torch.no_grad():
         expected = trained(x)
-        network = export._instantiate(config["network_def"]).eval()
+        network = export.instantiate_network(config["network_def"]).eval()
         network.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
         torch.testing.assert_close(network(x), expected, rtol=0, atol=1e-6)
         torch.testing.assert_close(torch.jit.load(str(bundle / "models" / "model.ts"))(x), expected, atol=1e-5, rtol=0)
@@ -221,7 +223,8 @@ def test_the_exported_bundle_reports_a_dicom_series_as_sr_and_names_highdicom_wh
 
     _fake_run(tmp_path / "run")
     bundle = export.export_bundle(tmp_path / "run", tmp_path / "bundle", version="1.2.0")
-    assert (bundle / "scripts" / "dicom_sr.py").read_bytes() == (REPO / "mnms_groupdistil" / "dicom_sr.py").read_bytes()
+    sr_module = Path("datasets", "mnms", "dicom_sr.py")
+    assert (bundle / "scripts" / sr_module).read_bytes() == (REPO / "mnms_groupdistil" / sr_module).read_bytes()
     volume = np.random.default_rng(3).integers(0, 2000, (24, 21, 2, 3)).astype(np.int16)
     write_dicom_series(tmp_path / "scans" / "P7", volume, "TOSHIBA_MEC", "1.2.826.0.1.55.1", "1.2.826.0.1.55", "GD0055")
     env = without_package(tmp_path)
@@ -254,13 +257,15 @@ def test_the_exported_bundle_reports_a_dicom_series_as_sr_and_names_highdicom_wh
 
 
 def export_with_the_cli(run: Path, bundle: Path) -> dict:
-    """``python -m mnms_groupdistil.export RUN BUNDLE``; checks that the metadata holds the run's test figures.
+    """``python -m mnms_groupdistil.tools.export RUN BUNDLE``; checks that the metadata holds the run's test figures.
 
     Returns:
         the exported ``configs/metadata.json``.
     """
     with_package = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = run_command([sys.executable, "-m", "mnms_groupdistil.export", str(run), str(bundle)], REPO, with_package)
+    proc = run_command(
+        [sys.executable, "-m", "mnms_groupdistil.tools.export", str(run), str(bundle)], REPO, with_package
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     reported = json.loads((run / "metrics.json").read_text())["metrics"]
     metadata = json.loads((bundle / "configs" / "metadata.json").read_text())

@@ -1,4 +1,4 @@
-"""Tests for mnms_groupdistil.data.frames (frame-level view of cached patient volumes)."""
+"""Tests for mnms_groupdistil.datasets.mnms.frames (frame-level view of cached patient volumes)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, ResizeWithPadOrCropd, ScaleIntensityRangePercentilesd
 
-from mnms_groupdistil.data.frames import (
+from mnms_groupdistil.datasets.mnms.frames import (
     CineFrameDataset,
     all_frames,
     ed_es_frames,
@@ -19,8 +19,9 @@ from mnms_groupdistil.data.frames import (
     fixed_random_frames,
     random_frames,
 )
+from mnms_groupdistil.datasets.mnms.transforms import RandCineFramed, SelectCineFramed
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolumed
 from mnms_groupdistil.errors import InputError
-from mnms_groupdistil.transforms import LoadCineVolumed, RandCineFramed, SelectCineFramed
 
 
 def make_records(tmp_path, specs):

@@ -21,8 +21,9 @@ from helpers import MNMS_RELEASE_HEADER
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-from mnms_groupdistil.data.mnms import PATHOLOGIES, VENDORS, MnMsDataError, read_info_csv
-from mnms_groupdistil.data.waterbirds import SPLITS, WaterbirdsDataError, read_metadata
+from mnms_groupdistil.datasets.mnms.info_csv import read_info_csv
+from mnms_groupdistil.datasets.mnms.release import PATHOLOGIES, VENDORS, MnMsDataError
+from mnms_groupdistil.datasets.waterbirds.reader import SPLITS, WaterbirdsDataError, read_metadata
 
 EXAMPLES = 300  # per reader; the docs quote the number of cases these tests run
 FUZZ = settings(

@@ -10,7 +10,6 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from torch.utils.data import DataLoader
 
-from mnms_groupdistil.data.samplers import GroupBatchSampler
 from mnms_groupdistil.handlers import (
     AtomicCheckpointSaver,
     EpochSeeds,
@@ -20,6 +19,7 @@ from mnms_groupdistil.handlers import (
     attach_resume,
 )
 from mnms_groupdistil.losses import CrossEntropyLoss, DistillationLoss, GroupWeightedLoss, GroupWeights, mode_flags
+from mnms_groupdistil.samplers import GroupBatchSampler
 
 
 def _toy_data(n_per_group=48, seed=0):
@@ -207,7 +207,6 @@ def test_tensorboard_writer():
     for g in "ACD":
         assert len(recorder.scalars[f"group_weight/{g}"]) == n
     assert sum(len(recorder.scalars.get(f"group_loss/{g}", [])) for g in "ACD") == n  # one group per batch
-
 
 
 def test_best_model_record_survives_a_restart(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from mnms_groupdistil.data.frames import all_frames
-from mnms_groupdistil.inference import PatientPredictionWriter, find_cine_volumes
+from mnms_groupdistil.datasets.mnms.frames import all_frames
+from mnms_groupdistil.datasets.mnms.inference import PatientPredictionWriter, find_cine_volumes
 
 
 def _save(path, shape):

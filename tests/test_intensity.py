@@ -8,14 +8,14 @@ import torch
 from monai.data import CacheDataset
 from monai.transforms import Compose
 
-from mnms_groupdistil.transforms import (
-    LoadCineVolumed,
+from mnms_groupdistil.datasets.mnms.transforms import (
     RescaleIntensity,
     RescaleIntensityd,
     SelectCineFramed,
     VolumePercentiles,
     VolumePercentilesd,
 )
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolumed
 
 
 def test_volume_percentiles_hand_computed():
@@ -58,7 +58,7 @@ def test_frames_share_their_volume_scaling():
 
 
 def test_percentiles_are_cached_with_the_volume(tmp_path, monkeypatch):
-    from mnms_groupdistil.data.synthetic import write_mnms_cohort
+    from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
 
     root = write_mnms_cohort(tmp_path / "MnM", preset="tiny", seed=0)
     path = next(root.glob("Training/Labeled/*/*_sa.nii.gz"))

@@ -12,19 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mnms_groupdistil.data import mnms
-from mnms_groupdistil.data.mnms import (
-    MnMsDataError,
-    check_subjects,
-    find_info_csv,
-    find_subject_image,
-    load_mnms_cohort,
-    prepare_split,
-    read_info_csv,
-    select_split,
-    validation_count,
-)
-from mnms_groupdistil.data.synthetic import MNMS_PRESETS, write_mnms_cohort, write_mnms_cohort_from_counts
+from mnms_groupdistil.datasets.mnms import cohort, splits
+from mnms_groupdistil.datasets.mnms import release as mnms
+from mnms_groupdistil.datasets.mnms.cohort import check_subjects, find_subject_image, load_mnms_cohort
+from mnms_groupdistil.datasets.mnms.info_csv import read_info_csv
+from mnms_groupdistil.datasets.mnms.release import MnMsDataError, find_info_csv
+from mnms_groupdistil.datasets.mnms.splits import prepare_split, select_split, validation_count
+from mnms_groupdistil.datasets.mnms.synthetic import MNMS_PRESETS, write_mnms_cohort, write_mnms_cohort_from_counts
 from mnms_groupdistil.errors import InputError
 
 REAL_HEADER = ",External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight"
@@ -490,7 +484,8 @@ def test_dataset_dir_is_resolved_once_per_call(tmp_path, monkeypatch):
     write_mnms_cohort(tmp_path / "MnM" / "OpenDataset", preset="tiny", seed=0)
     calls = []
     resolve = mnms.resolve_dataset_dir
-    monkeypatch.setattr(mnms, "resolve_dataset_dir", lambda folder: calls.append(folder) or resolve(folder))
+    for module in (mnms, cohort, splits):  # every module that binds the name
+        monkeypatch.setattr(module, "resolve_dataset_dir", lambda folder: calls.append(folder) or resolve(folder))
     records = load_mnms_cohort(tmp_path / "MnM")
     assert len(records) > 1 and all(r["image"] for r in records)
     assert calls == [tmp_path / "MnM"]

@@ -1,4 +1,4 @@
-"""The one cine-file check (mnms_groupdistil.data.nifti): files cut short by any amount, compressed or
+"""The one cine-file check (mnms_groupdistil.datasets.mnms.nifti): files cut short by any amount, compressed or
 not, are caught by the data check before training, by inference and by the SimpleITK loader."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mnms_groupdistil.data.mnms import MnMsDataError, check_subjects
-from mnms_groupdistil.data.nifti import cine_volume_problems, nifti_data_problem
-from mnms_groupdistil.inference import find_cine_volumes
-from mnms_groupdistil.transforms import LoadCineVolume
+from mnms_groupdistil.datasets.mnms.cohort import check_subjects
+from mnms_groupdistil.datasets.mnms.inference import find_cine_volumes
+from mnms_groupdistil.datasets.mnms.nifti import cine_volume_problems, nifti_data_problem
+from mnms_groupdistil.datasets.mnms.release import MnMsDataError
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolume
 
 SHAPE = (8, 8, 2, 3)  # int16: 8 * 8 * 2 * 3 * 2 = 768 bytes of voxel data
 
@@ -53,8 +54,7 @@ def test_compressed_file_cut_short_or_corrupt(tmp_path):
     needed = _vox_offset(raw) + 768
     path.write_bytes(gzip.compress(raw[:-100]))  # a whole gzip stream of a file cut short
     assert nifti_data_problem(path) == (
-        f"voxel data truncated: {needed - 100} bytes after decompression, the header needs {needed} "
-        "(file cut short?)"
+        f"voxel data truncated: {needed - 100} bytes after decompression, the header needs {needed} (file cut short?)"
     )
     _save(path)
     path.write_bytes(path.read_bytes()[:-20])  # the compressed stream itself cut short

@@ -20,7 +20,8 @@ from helpers import BundleRunner
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from mnms_groupdistil.data.synthetic import write_mnms_cohort, write_waterbirds
+from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
+from mnms_groupdistil.datasets.waterbirds.synthetic import write_waterbirds
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = {
@@ -146,6 +147,31 @@ def test_a_change_to_one_bundle_s_engine_is_found():
     assert [p.split(":")[0] for p in engine_differences(mnms, renamed)] == ["validate#evaluator"]
     assert engine_differences(mnms, own_piece) == ["train#my_saver: neither engine nor data in config 1"]
     assert engine_differences(own_top, waterbirds) == ["scheduler: neither engine nor data in config 0"]
+
+
+#: Residual blocks per stage and the block of the ResNets the bundles' teachers are.
+RESNET_STAGES = {
+    "resnet18": ([2, 2, 2, 2], "BasicBlock"),
+    "resnet34": ([3, 4, 6, 3], "BasicBlock"),
+    "resnet50": ([3, 4, 6, 3], "Bottleneck"),
+}
+
+
+@pytest.mark.parametrize("name", list(TRAIN))
+@pytest.mark.parametrize("teacher_name", [None, "resnet34"])
+def test_the_teacher_run_trains_the_network_the_students_load_as_teacher(name, teacher_name):
+    """``train_teacher.json`` trains ``teacher_name``: one setting names the teacher for its run and its students."""
+    configs = TRAIN[name].parent
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN[name]), str(configs / "train_teacher.json")])
+    if teacher_name is not None:
+        parser["teacher_name"] = teacher_name
+    expected = teacher_name or raw_config(TRAIN[name])["teacher_name"]
+    assert parser.get_parsed_content("network_name") == expected
+    network = parser.get_parsed_content("network_def")
+    blocks = [len(getattr(network, f"layer{i}")) for i in range(1, 5)]
+    # residual blocks per stage and block type of the ResNet paper's networks (He et al. 2016, table 1)
+    assert (blocks, type(network.layer1[0]).__name__) == RESNET_STAGES[expected]
 
 
 @pytest.mark.parametrize("name", list(TRAIN))

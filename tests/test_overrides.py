@@ -10,7 +10,6 @@ import monai.bundle
 import pytest
 from helpers import CONFIGS
 
-from mnms_groupdistil.benchmark import benchmark_bundle
 from mnms_groupdistil.errors import InputError, UnknownSettingError, find_reported_error
 from mnms_groupdistil.overrides import (
     check_command_line,
@@ -19,7 +18,8 @@ from mnms_groupdistil.overrides import (
     config_ids,
     parse_overrides,
 )
-from mnms_groupdistil.reproduce import main as reproduce_main
+from mnms_groupdistil.tools.benchmark import benchmark_bundle
+from mnms_groupdistil.tools.reproduce import main as reproduce_main
 
 MAIN = str(Path(monai.bundle.__file__).parent / "__main__.py")
 COMMANDS = [

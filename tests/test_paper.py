@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from mnms_groupdistil.paper import (
+from mnms_groupdistil.tools.paper import (
     format_mean_std,
     group_table,
     history_figures,
@@ -24,7 +24,7 @@ from mnms_groupdistil.paper import (
     study_table,
     write_csv,
 )
-from mnms_groupdistil.registry import DATASETS, MNMS, WATERBIRDS
+from mnms_groupdistil.tools.registry import DATASETS, MNMS, WATERBIRDS
 
 
 def report(worst, mean, per_group, rule="last_epoch", epoch=5):
@@ -36,9 +36,7 @@ def report(worst, mean, per_group, rule="last_epoch", epoch=5):
 def row(split, run, seed, worst, mean=None, per_group=None, eta_w=None):
     method = run.split("_eta")[0]
     per_group = per_group or {}
-    return result_row(
-        MNMS, report(worst, mean, per_group), split=split, run=run, method=method, seed=seed, eta_w=eta_w
-    )
+    return result_row(MNMS, report(worst, mean, per_group), split=split, run=run, method=method, seed=seed, eta_w=eta_w)
 
 
 def test_mean_and_sample_std_by_hand():
@@ -193,7 +191,13 @@ def test_waterbirds_tables_by_hand():
         "| method | network | official adjusted average | official adjusted average (paper) "
         "| official worst-group | official worst-group (paper) |"
     )
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| groupDRO", "| ERM", "| groupDRO", "| KD", "| GroupDistil"]
+    assert [line.split(" | ")[0] for line in table[2:]] == [
+        "| groupDRO",
+        "| ERM",
+        "| groupDRO",
+        "| KD",
+        "| GroupDistil",
+    ]
     # KD adjusted 0.9, 0.8 -> 85.0 +- 7.1 (sqrt(0.005) = 0.0707); worst 0.5, 0.7 -> 60.0 +- 14.1
     assert table[5] == "| KD | ResNet-18 | 85.0 ± 7.1 | 95.2 | 60.0 ± 14.1 | 78.0 |"
     assert table[3] == "| ERM | ResNet-18 | 95.0 | - | 10.0 | - |"
@@ -202,9 +206,15 @@ def test_waterbirds_tables_by_hand():
     assert groups[0] == "| method | network | waterbird_land | worst-group | mean-group |"
     paired = paired_difference_table(WATERBIRDS, rows, ["official"])
     # adjusted: 0.85 - 0.9 = -5, 0.8 - 0.8 = 0 -> mean -2.5, std sqrt(2 * 2.5^2 / 1) = 3.54
-    assert paired[2] == "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |"
+    assert (
+        paired[2]
+        == "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |"
+    )
     # worst: +10, -10 -> mean 0, std sqrt(200) = 14.1
-    assert paired[3] == "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |"
+    assert (
+        paired[3]
+        == "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |"
+    )
     assert DATASETS["waterbirds"] is WATERBIRDS
 
 
@@ -254,4 +264,27 @@ def test_study_table_by_hand():
     assert teacher[5:8] == ["67.5 ± 17.7", "18.8", "1 of 2"]
     # GroupDistil - KD per seed: val +0.1, +0.3 -> +20.0 ± 14.1; test -0.1, +0.1 -> +0.0 ± 14.1
     assert cells["GroupDistil (student)"][-1] == "+20.0 ± 14.1 / +0.0 ± 14.1"
-    assert lines[-1].strip("| ").split(" | ")[:5] == ["batching=mixed", "groupDRO ResNet-18 (teacher)", "50.0", "0.0", "1 of 1"]
+    assert lines[-1].strip("| ").split(" | ")[:5] == [
+        "batching=mixed",
+        "groupDRO ResNet-18 (teacher)",
+        "50.0",
+        "0.0",
+        "1 of 1",
+    ]
+
+
+def test_tables_name_the_networks_the_runs_trained():
+    """A teacher trained as ResNet-34 (``--teacher_name resnet34``) is named so, not by the paper's ResNet-50."""
+
+    def row(run, seed, network):
+        report = {"network": network, "metrics": {"test_worst_group_acc": 0.8, "test_adjusted_average_acc": 0.9}}
+        return result_row(WATERBIRDS, report, split="official", run=run, method=run, seed=seed, eta_w=None)
+
+    rows = [row("teacher", 0, "resnet34"), row("teacher", 1, "resnet34"), row("kd", 0, "resnet18")]
+    rows.append(row("groupdistil", 0, None))  # a report that records no network: the paper's name
+    networks = [line.split(" | ")[1] for line in paper_table(WATERBIRDS, rows, ["official"])[2:]]
+    # teacher, ERM, groupDRO (no runs: the paper's name), KD, GroupDistil
+    assert networks == ["ResNet-34 (teacher)", "ResNet-18", "ResNet-18", "ResNet-18", "ResNet-18"]
+    assert group_table(WATERBIRDS, rows, "official")[2].startswith("| groupDRO | ResNet-34 (teacher) |")
+    mixed = [*rows, row("kd", 1, "resnet50")]
+    assert paper_table(WATERBIRDS, mixed, ["official"])[5].startswith("| KD | ResNet-18, ResNet-50 |")

@@ -1,13 +1,13 @@
-"""The run comparison of mnms_groupdistil.report: tables from metrics.json files, numbers by hand."""
+"""The run comparison of mnms_groupdistil.tools.report: tables from metrics.json files, numbers by hand."""
 
 import json
 import logging
 
 import pytest
 
-from mnms_groupdistil import report
-from mnms_groupdistil.registry import WATERBIRDS
-from mnms_groupdistil.runs import load_run
+from mnms_groupdistil.tools import report
+from mnms_groupdistil.tools.registry import WATERBIRDS
+from mnms_groupdistil.tools.runs import load_run
 
 
 def _run(folder, name, accuracies, selection, val=None):

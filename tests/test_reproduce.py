@@ -19,8 +19,9 @@ import pytest
 from helpers import CONFIGS, REPO, TINY_MNMS, WATERBIRDS_BUNDLE
 
 from mnms_groupdistil.overrides import parse_overrides
-from mnms_groupdistil.registry import MNMS, WATERBIRDS
-from mnms_groupdistil.reproduce import (
+from mnms_groupdistil.run_lock import RunLock
+from mnms_groupdistil.tools.registry import MNMS, WATERBIRDS
+from mnms_groupdistil.tools.reproduce import (
     RUN_ARGS,
     bundle_args,
     bundle_command,
@@ -33,8 +34,7 @@ from mnms_groupdistil.reproduce import (
     run_state,
     write_outputs,
 )
-from mnms_groupdistil.run_lock import RunLock
-from mnms_groupdistil.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor, parse_time
+from mnms_groupdistil.tools.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor, parse_time
 
 
 def finished_report(epochs: int, worst: float, rule: str = "last_epoch") -> dict:
@@ -81,7 +81,14 @@ def test_plan_orders_teacher_first_and_adds_step_size_runs(tmp_path):
     # 2 splits x 2 seeds x (4 methods + eta 0 + eta 0.1); 0.01 is GroupDistil's own run, 0.1 given twice
     assert len(runs) == 2 * 2 * 6
     first = runs[:6]
-    assert [r.key for r in first] == ["teacher", "groupdro", "kd", "groupdistil", "groupdistil_eta0", "groupdistil_eta0.1"]
+    assert [r.key for r in first] == [
+        "teacher",
+        "groupdro",
+        "kd",
+        "groupdistil",
+        "groupdistil_eta0",
+        "groupdistil_eta0.1",
+    ]
     assert {(r.split, r.seed) for r in first} == {("split1", 0)}
     assert first[0].run_dir == tmp_path / "runs" / "mnms" / "split1" / "seed0" / "teacher"
     assert first[0].teacher_dir is None and first[1].teacher_dir is None
@@ -107,8 +114,15 @@ def test_plan_refuses_bad_lists(tmp_path, kwargs, message):
 
 def test_bundle_args_of_a_step_size_run(tmp_path):
     run = plan_runs(MNMS, [3], tmp_path, ["split2"], [0.1], default_step_size=0.01)[-1]
-    args = bundle_args(MNMS, run, "data", extra_configs=["configs/demo.json"], overrides={"max_epochs": 1},
-                       split_seed=7, teacher_ckpt="t.pt")
+    args = bundle_args(
+        MNMS,
+        run,
+        "data",
+        extra_configs=["configs/demo.json"],
+        overrides={"max_epochs": 1},
+        split_seed=7,
+        teacher_ckpt="t.pt",
+    )
     configs = CONFIGS
     assert args == {
         "run_id": "training",
@@ -188,7 +202,7 @@ def test_second_invocation_trains_nothing_and_an_incomplete_run_is_rerun(tmp_pat
 
     again = FakeRunner()
     caplog.clear()
-    with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
+    with caplog.at_level("INFO", logger="mnms_groupdistil.tools.reproduce"):
         _, rows_again = grid(tmp_path, again)
     assert again.calls == []
     assert rows_again == rows
@@ -301,7 +315,7 @@ def test_grid_end_to_end(tmp_path, caplog, cohort, bundle):
     """Two seeds of the demo split through the real bundle configs (1 epoch, 32 px), then again: nothing reruns."""
     out = tmp_path / "grid"
     argv = [str(cohort), "--seeds", "0", "1", "--output_dir", str(out), "--group_step_sizes", "0", *TINY_GRID]
-    with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
+    with caplog.at_level("INFO", logger="mnms_groupdistil.tools.reproduce"):
         assert main(argv, runner=in_process(bundle)) == 0
     progress = [m for m in caplog.messages if m.startswith("[")]
     assert sum(": done in " in m for m in progress) == 10, progress  # 2 seeds x (4 methods + eta 0)
@@ -329,7 +343,7 @@ def test_grid_end_to_end(tmp_path, caplog, cohort, bundle):
         if path.name != RUN_ARGS:
             path.unlink()
     caplog.clear()
-    with caplog.at_level("INFO", logger="mnms_groupdistil.reproduce"):
+    with caplog.at_level("INFO", logger="mnms_groupdistil.tools.reproduce"):
         assert main(argv, runner=in_process(bundle)) == 0
     progress = [m for m in caplog.messages if m.startswith("[")]
     assert sum("finished earlier, reused" in m for m in progress) == 9
@@ -426,8 +440,12 @@ def test_waterbirds_grid_runs_five_methods_without_splits(tmp_path):
     assert "| ERM | ResNet-18 | 95.0 ± 0.0 | - | 15.0 ± 7.1 | - |" in text
     assert "## Paired difference GroupDistil - KD per seed" in text
     # adjusted 0.85 - 0.9 = -5, 0.8 - 0.8 = 0 -> -2.5 +- 3.5; worst +10, -10 -> 0 +- 14.1
-    assert "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |" in text
-    assert "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |" in text
+    assert (
+        "| official | adjusted average, GroupDistil - KD | -5.0 (seed 0), +0.0 (seed 1) | -2.5 ± 3.5 | 0 of 2 |" in text
+    )
+    assert (
+        "| official | worst-group, GroupDistil - KD | +10.0 (seed 0), -10.0 (seed 1) | +0.0 ± 14.1 | 1 of 2 |" in text
+    )
 
 
 def test_two_jobs_train_every_run_once_and_distil_after_the_teacher(tmp_path):
@@ -580,7 +598,7 @@ def test_collect_summarises_finished_runs_and_trains_nothing(tmp_path, caplog):
     kd = tmp_path / "out" / "runs" / "mnms" / "split1" / "seed1" / "kd"
     (kd / "metrics.json").write_text(json.dumps(finished_report(1, 0.1)))  # stopped after epoch 1 of 2
     caplog.clear()
-    with caplog.at_level("ERROR", logger="mnms_groupdistil.reproduce"):
+    with caplog.at_level("ERROR", logger="mnms_groupdistil.tools.reproduce"):
         assert main([*argv, "--collect"], runner=runner) == 1
     assert runner.calls == []
     assert "1 of 8 runs have not finished" in caplog.text and f"split1 seed 1 kd: partial ({kd})" in caplog.text

@@ -11,7 +11,7 @@ import torch
 from helpers import TINY_MNMS
 from ignite.engine import Events
 
-from mnms_groupdistil import export
+from mnms_groupdistil.tools import export
 
 #: Three epochs of the tiny run (stopped after the first), ResNet-18.
 SETTINGS = {**TINY_MNMS, "max_epochs": 3, "network_name": "resnet18"}

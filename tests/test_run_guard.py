@@ -15,7 +15,6 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver
 from torch.utils.data import DataLoader
 
-from mnms_groupdistil.data.samplers import GroupBatchSampler
 from mnms_groupdistil.handlers import (
     AtomicCheckpointSaver,
     EpochSeeds,
@@ -24,6 +23,7 @@ from mnms_groupdistil.handlers import (
     RunGuard,
 )
 from mnms_groupdistil.losses import CrossEntropyLoss, GroupWeightedLoss, GroupWeights
+from mnms_groupdistil.samplers import GroupBatchSampler
 
 
 def _net():
@@ -56,8 +56,14 @@ def _interrupted_save(monkeypatch, saver, engine):
 @pytest.mark.parametrize("atomic", [True, False])
 def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch, atomic):
     net = _net()
-    engine = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[], network=net,
-                               optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=torch.nn.MSELoss())
+    engine = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=[],
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        loss_function=torch.nn.MSELoss(),
+    )
     kind = AtomicCheckpointSaver if atomic else CheckpointSaver
     state = {"network": net, "optimizer": engine.optimizer}
     saver = kind(str(tmp_path), state, save_final=True, final_filename="checkpoint_final.pt")
@@ -99,12 +105,22 @@ def test_nan_loss_stops_after_saving_and_never_reaches_the_weights(tmp_path):
     handler = GroupWeightedLossHandler(GroupWeightedLoss(weights, robust=True), CrossEntropyLoss())
     loader = DataLoader(data, batch_sampler=GroupBatchSampler([d["group"] for d in data], 4, seed=0))
     optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=loader, network=net,
-                                optimizer=optimizer, loss_function=handler,
-                                train_handlers=[EpochSeeds(seed=0), handler], decollate=False)
-    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net, "optimizer": optimizer, "group_weights": weights,
-                                                  "trainer": trainer}, save_final=True,
-                                  final_filename="checkpoint_final.pt")
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=3,
+        train_data_loader=loader,
+        network=net,
+        optimizer=optimizer,
+        loss_function=handler,
+        train_handlers=[EpochSeeds(seed=0), handler],
+        decollate=False,
+    )
+    saver = AtomicCheckpointSaver(
+        str(tmp_path),
+        {"network": net, "optimizer": optimizer, "group_weights": weights, "trainer": trainer},
+        save_final=True,
+        final_filename="checkpoint_final.pt",
+    )
     saver.attach(trainer)
     guard = RunGuard(saver, group_names=["A", "B"])
     guard.attach(trainer)
@@ -113,8 +129,9 @@ def test_nan_loss_stops_after_saving_and_never_reaches_the_weights(tmp_path):
     states = []  # after every completed iteration: (iteration, network, log weights)
     trainer.add_event_handler(
         Events.ITERATION_COMPLETED,
-        lambda e: states.append((e.state.iteration, {k: v.clone() for k, v in net.state_dict().items()},
-                                 weights.log_weights.clone())),
+        lambda e: states.append(
+            (e.state.iteration, {k: v.clone() for k, v in net.state_dict().items()}, weights.log_weights.clone())
+        ),
     )
     with pytest.raises(NonFiniteLossError) as info:
         trainer.run()
@@ -137,11 +154,19 @@ def test_a_sparser_check_names_the_first_bad_iteration_and_saves_nothing(tmp_pat
     weights = GroupWeights(2, step_size=0.1)
     handler = GroupWeightedLossHandler(GroupWeightedLoss(weights, robust=True), CrossEntropyLoss())
     loader = DataLoader(data, batch_sampler=GroupBatchSampler([d["group"] for d in data], 4, seed=0))
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=3, train_data_loader=loader, network=net,
-                                optimizer=torch.optim.SGD(net.parameters(), lr=0.1), loss_function=handler,
-                                train_handlers=[EpochSeeds(seed=0), handler], decollate=False)
-    saver = AtomicCheckpointSaver(str(tmp_path), {"network": net, "group_weights": weights}, save_final=True,
-                                  final_filename="checkpoint_final.pt")
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=3,
+        train_data_loader=loader,
+        network=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+        loss_function=handler,
+        train_handlers=[EpochSeeds(seed=0), handler],
+        decollate=False,
+    )
+    saver = AtomicCheckpointSaver(
+        str(tmp_path), {"network": net, "group_weights": weights}, save_final=True, final_filename="checkpoint_final.pt"
+    )
     RunGuard(saver, group_names=["A", "B"], check_interval=5).attach(trainer)
     batches = []
     trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: batches.append(e.state.batch["group"].tolist()))

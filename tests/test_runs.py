@@ -1,4 +1,5 @@
-"""Reading a run's folder (mnms_groupdistil.runs) and plotting its group weights (mnms_groupdistil.plots)."""
+"""Reading a run's folder (mnms_groupdistil.tools.runs) and plotting its group weights
+(mnms_groupdistil.tools.plots)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from mnms_groupdistil.plots import plot_group_weights
-from mnms_groupdistil.runs import load_metrics, load_run, read_group_weights
+from mnms_groupdistil.tools.plots import plot_group_weights
+from mnms_groupdistil.tools.runs import load_metrics, load_run, read_group_weights
 
 
 def _log_weights(run_dir, weights: dict[str, list[float]]) -> None:

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from mnms_groupdistil.data.samplers import BalancedBatchSampler, GroupBatchSampler, check_batching, group_shares
 from mnms_groupdistil.errors import InputError
+from mnms_groupdistil.samplers import BalancedBatchSampler, GroupBatchSampler, check_batching, group_shares
 
 GROUPS = [0] * 40 + [1] * 10 + [2] * 3
 

@@ -12,9 +12,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mnms_groupdistil.data import synthetic
-from mnms_groupdistil.data.mnms import INFO_CSV_NAME, SUBFOLDERS, load_mnms_cohort, prepare_split, read_info_csv
-from mnms_groupdistil.data.synthetic import MNMS_PRESETS, synthesize_cine, write_mnms_cohort
+from mnms_groupdistil.datasets import generate
+from mnms_groupdistil.datasets.mnms import synthetic
+from mnms_groupdistil.datasets.mnms.cohort import load_mnms_cohort
+from mnms_groupdistil.datasets.mnms.info_csv import read_info_csv
+from mnms_groupdistil.datasets.mnms.release import INFO_CSV_NAME, SUBFOLDERS
+from mnms_groupdistil.datasets.mnms.splits import prepare_split
+from mnms_groupdistil.datasets.mnms.synthetic import MNMS_PRESETS, synthesize_cine, write_mnms_cohort
 
 REAL_HEADER_LINE = ",External code,Pathology,VendorName,Vendor,Centre,ED,ES,Age,Sex,Height,Weight"
 
@@ -162,5 +166,5 @@ def test_seed_determinism_and_cli(tmp_path):
         assert np.array_equal(np.asarray(nib.load(str(path_a)).dataobj), np.asarray(nib.load(str(path_b)).dataobj))
     with pytest.raises(ValueError, match="unknown preset"):
         write_mnms_cohort(tmp_path / "x", preset="huge")
-    assert synthetic.main(["mnms", str(tmp_path / "cli"), "--preset", "tiny", "--seed", "2"]) == 0
+    assert generate.main(["mnms", str(tmp_path / "cli"), "--preset", "tiny", "--seed", "2"]) == 0
     assert (tmp_path / "cli" / INFO_CSV_NAME).read_text().splitlines()[0] == REAL_HEADER_LINE

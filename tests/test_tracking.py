@@ -20,7 +20,7 @@ import torch
 from helpers import REPO, TINY, TINY_MNMS, exception_chain, refused
 from mlflow import MlflowClient
 
-from mnms_groupdistil.data.synthetic import write_waterbirds
+from mnms_groupdistil.datasets.waterbirds.synthetic import write_waterbirds
 from mnms_groupdistil.tracking import TrackingNotInstalledError, grid_run_args, log_summary, untracked
 
 #: MONAI's default experiment of ``--tracking mlflow``.
@@ -345,7 +345,7 @@ def test_the_grid_summary_is_a_run_with_its_files(tmp_path):
 def test_a_tracked_grid_is_one_experiment_of_a_run_per_training(bundle, cohort, tmp_path):
     """``reproduce --tracking mlflow``: an MLflow run per method and seed, tagged, and one with the summary; the
     same grid without ``--tracking`` then reuses the finished runs (tracking is no setting of what they train)."""
-    from mnms_groupdistil.reproduce import main
+    from mnms_groupdistil.tools.reproduce import main
 
     def in_process(args_path: Path, log_path: Path) -> int:  # `python -m monai.bundle run --args_file`, here
         args = json.loads(args_path.read_text())

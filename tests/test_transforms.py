@@ -1,4 +1,4 @@
-"""Tests for mnms_groupdistil.transforms (cine volume loading and frame selection)."""
+"""Tests for mnms_groupdistil.datasets.mnms.transforms (cine volume loading and frame selection)."""
 
 from __future__ import annotations
 
@@ -16,13 +16,8 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
-from mnms_groupdistil.transforms import (
-    LoadCineVolume,
-    LoadCineVolumed,
-    RandCineFramed,
-    SelectCineFrame,
-    SelectCineFramed,
-)
+from mnms_groupdistil.datasets.mnms.transforms import RandCineFramed, SelectCineFrame, SelectCineFramed
+from mnms_groupdistil.datasets.mnms.volumes import LoadCineVolume, LoadCineVolumed
 
 NX, NY, NZ, NT = 6, 5, 4, 3
 

@@ -32,10 +32,10 @@ from monai.bundle import ConfigParser
 from monai.engines.utils import IterationEvents
 from PIL import Image, ImageDraw
 
-from mnms_groupdistil.data.synthetic import write_waterbirds
-from mnms_groupdistil.data.waterbirds import WaterbirdsDataError
-from mnms_groupdistil.export import export_bundle
+from mnms_groupdistil.datasets.waterbirds.reader import WaterbirdsDataError
+from mnms_groupdistil.datasets.waterbirds.synthetic import write_waterbirds
 from mnms_groupdistil.handlers import AtomicCheckpointSaver
+from mnms_groupdistil.tools.export import export_bundle
 
 BUNDLE = WATERBIRDS_BUNDLE
 TRAIN, TEACHER, KD, GROUPDRO, ERM, EVALUATE, INFERENCE, MULTI_GPU, MULTI_GPU_EVALUATE = BUNDLE.paths(
@@ -147,7 +147,7 @@ def test_paper_defaults_and_top_level_knobs():
     assert "optimizer" in train and train["optimizer"]["_target_"] == "torch.optim.Adam"
     assert ConfigParser.load_config_file(TEACHER) == {
         "mode": "groupdro",
-        "network_name": "resnet50",
+        "network_name": "@teacher_name",
         "output_dir": "$@bundle_root + '/runs/teacher'",
     }
     # the baselines train on the data as it comes (the bundle's default too, chosen by the digits study)
@@ -441,9 +441,9 @@ def test_command_line_on_a_foreign_release(tmp_path):
 def test_report_prints_the_per_group_table(runs, caplog):
     import logging
 
-    from mnms_groupdistil.report import main
+    from mnms_groupdistil.tools.report import main
 
-    with caplog.at_level(logging.INFO, logger="mnms_groupdistil.report"):
+    with caplog.at_level(logging.INFO, logger="mnms_groupdistil.tools.report"):
         assert main(["--dataset", "waterbirds", str(runs["teacher"]), str(runs["groupdistil"])]) == 0
     metrics = json.loads((runs["groupdistil"] / "metrics.json").read_text())["metrics"]
     test_table = caplog.text.split("Validation accuracy")[0]
@@ -483,7 +483,8 @@ def test_exported_student_classifies_images_without_the_package(dataset, runs, t
     assert "mnms_groupdistil" not in config_text
     config = json.loads(config_text)
     assert (config["image_size"], config["resize_size"], config["class_names"]) == (32, 37, ["landbird", "waterbird"])
-    for module in ("inference.py", "data/waterbirds.py", "data/errors.py", "errors.py"):  # verbatim copies
+    copies = ("waterbirds/inference.py", "waterbirds/reader.py", "waterbirds/loading.py", "predictions.py", "errors.py")
+    for module in [*(f"datasets/{m}" for m in copies), "errors.py"]:  # verbatim copies
         assert (bundle / "scripts" / module).read_bytes() == (REPO / "mnms_groupdistil" / module).read_bytes()
     readme = (bundle / "docs" / "README.md").read_text()
     assert "predictions.csv" in readme and "37 x 37" in readme and "32 x 32" in readme

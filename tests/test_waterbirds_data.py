@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnms_groupdistil.data import synthetic
-from mnms_groupdistil.data.errors import DataError
-from mnms_groupdistil.data.mnms import MnMsDataError
-from mnms_groupdistil.data.waterbirds import (
+from mnms_groupdistil.datasets import generate
+from mnms_groupdistil.datasets.errors import DataError
+from mnms_groupdistil.datasets.mnms.release import MnMsDataError
+from mnms_groupdistil.datasets.waterbirds import synthetic
+from mnms_groupdistil.datasets.waterbirds.inference import find_images
+from mnms_groupdistil.datasets.waterbirds.loading import cached_dataset
+from mnms_groupdistil.datasets.waterbirds.reader import (
     GROUPS,
     METADATA_COLUMNS,
     RELEASE_FOLDER,
     RELEASE_TRAIN_COUNTS,
     WaterbirdsDataError,
-    cached_dataset,
-    find_images,
     find_metadata,
     group_counts,
     prepare_waterbirds,
@@ -221,7 +222,7 @@ def test_generated_waterbirds_has_the_release_layout_and_imbalance(tmp_path):
     assert [int(r["img_id"]) for r in rows] == list(range(1, len(rows) + 1))
     counts = Counter((int(r["split"]), 2 * int(r["y"]) + int(r["place"])) for r in rows)
     train = [counts[(0, g)] for g in range(4)]
-    assert train == [round(c * 0.1) for c in RELEASE_TRAIN_COUNTS] == [350, 18, 6, 106]
+    assert train == [round(c * 0.3) for c in RELEASE_TRAIN_COUNTS] == [1049, 55, 17, 317]
     # the background agrees with the label in ~95% of training images of each class, as in the release
     assert train[0] / (train[0] + train[1]) == pytest.approx(3498 / 3682, abs=0.01)
     assert train[3] / (train[2] + train[3]) == pytest.approx(1057 / 1113, abs=0.02)
@@ -316,11 +317,11 @@ def test_plain_centred_digits_backgrounds_are_the_place_colour_only(tmp_path):
 
 
 def test_cli_writes_both_datasets_and_keeps_mnms(tmp_path):
-    assert synthetic.main(["waterbirds", str(tmp_path / "w"), "--preset", "tiny"]) == 0
+    assert generate.main(["waterbirds", str(tmp_path / "w"), "--preset", "tiny"]) == 0
     assert (tmp_path / "w" / RELEASE_FOLDER / "metadata.csv").is_file()
     digits = ["digits", str(tmp_path / "d"), "--val_per_group", "3", "--test_per_group", "3", "--background", "plain"]
-    assert synthetic.main(digits) == 0
+    assert generate.main(digits) == 0
     assert (tmp_path / "d" / RELEASE_FOLDER / "metadata.csv").is_file()
     with pytest.raises(SystemExit):
-        synthetic.main(["waterbirds", str(tmp_path / "x"), "--preset", "huge"])
-    assert "mnms" in synthetic.build_parser().format_help()
+        generate.main(["waterbirds", str(tmp_path / "x"), "--preset", "huge"])
+    assert "mnms" in generate.build_parser().format_help()

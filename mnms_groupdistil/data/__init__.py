@@ -1,1 +1,2 @@
-"""Readers for the real dataset releases, samplers and generated cohorts in the same formats."""
+"""Old command names that moved (``python -m mnms_groupdistil.data.synthetic`` is now
+``python -m mnms_groupdistil.datasets.generate``); the datasets are in :mod:`mnms_groupdistil.datasets`."""

@@ -123,7 +123,7 @@ class PreciseBatchNorm:
     Registered at ``Events.EPOCH_COMPLETED``; put it **before** the ``ValidationHandler``s in the
     trainer's handlers, so every evaluation, the saved models and the checkpoint see the recomputed
     statistics (the last epoch's are the final model's). The batches come from ``loader`` (give it a
-    group-balanced batch sampler: :class:`mnms_groupdistil.data.samplers.BalancedBatchSampler`),
+    group-balanced batch sampler: :class:`mnms_groupdistil.samplers.BalancedBatchSampler`),
     whose sampler is set to the trainer's epoch first, so the statistics are reproducible and a
     resumed run recomputes the same ones.
 

@@ -16,7 +16,7 @@ __all__ = ["EpochSeeds", "set_sampler_epoch"]
 
 def set_sampler_epoch(loader: Any, epoch: int) -> None:
     """Call ``set_epoch(epoch)`` on ``loader``'s ``sampler`` and ``batch_sampler`` where they have one
-    (:class:`~mnms_groupdistil.data.samplers.GroupBatchSampler`, ``DistributedSampler``, ...)."""
+    (:class:`~mnms_groupdistil.samplers.GroupBatchSampler`, ``DistributedSampler``, ...)."""
     for sampler in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
         if callable(getattr(sampler, "set_epoch", None)):
             sampler.set_epoch(epoch)
@@ -27,7 +27,7 @@ class EpochSeeds:
 
     At the start of each epoch (``Events.EPOCH_STARTED``, before Ignite creates the epoch's data
     iterator) it calls ``set_epoch(engine.state.epoch)`` on the data loader's ``sampler`` and
-    ``batch_sampler`` where they have one (:class:`~mnms_groupdistil.data.samplers.GroupBatchSampler`,
+    ``batch_sampler`` where they have one (:class:`~mnms_groupdistil.samplers.GroupBatchSampler`,
     ``DistributedSampler``), re-seeds Python's, NumPy's and torch's global generators (which draw
     the shuffled order of a ``RandomSampler`` and the seeds of loader workers) and the random
     transforms of the loader's dataset in this process (used when ``num_workers`` is 0). A run
