@@ -38,6 +38,7 @@ __all__ = [
     "command_line_overrides",
     "config_ids",
     "parse_overrides",
+    "tracking_setting_ids",
     "unknown_setting_problems",
 ]
 
@@ -178,11 +179,33 @@ def _literal(text: str | None) -> Any:
         return text
 
 
+def tracking_setting_ids(tracking: Any) -> set[str]:
+    """The top-level ids that MONAI's ``--tracking`` settings add to a config (``tracking_uri``, ``experiment_name``,
+    ``run_name``, ...): settings of a tracked run, which its command line may set. None for no tracking.
+
+    Args:
+        tracking: ``--tracking`` as given: a name of MONAI's settings (``mlflow``), a settings file, or a dict.
+    """
+    from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    if not tracking:
+        return set()
+    if isinstance(tracking, Mapping):
+        settings = tracking
+    elif tracking in DEFAULT_EXP_MGMT_SETTINGS:
+        settings = DEFAULT_EXP_MGMT_SETTINGS[tracking]
+    else:
+        settings = ConfigParser.load_config_files(tracking)
+    return set(settings.get("configs", {})) - set(settings.get("handlers_id", {}))
+
+
 def command_line_overrides(argv: Sequence[str]) -> tuple[Any, list[str]] | None:
     """``(config_file, override ids)`` of a ``python -m monai.bundle run`` command line, or None for another one.
 
     The overrides are the flags that MONAI's ``run`` does not consume itself, and the entries of its
-    ``--args_file`` that are not its arguments either.
+    ``--args_file`` that are not its arguments either; with ``--tracking``, the ids its settings add
+    (:func:`tracking_setting_ids`) are settings too.
     """
     from monai.bundle import ConfigParser
 
@@ -191,7 +214,7 @@ def command_line_overrides(argv: Sequence[str]) -> tuple[Any, list[str]] | None:
     flags = _parse_flags(argv[2:])
     args_file = ConfigParser.load_config_file(flags["args_file"]) if flags.get("args_file") else {}
     config_file = _literal(flags["config_file"]) if flags.get("config_file") else args_file.get("config_file")
-    own = _runner_arguments()
+    own = _runner_arguments() | tracking_setting_ids(flags.get("tracking") or args_file.get("tracking"))
     return config_file, [k for k in {**args_file, **flags} if k not in own]
 
 

@@ -21,6 +21,10 @@ from helpers import MNMS_BUNDLE, REPO, WATERBIRDS_BUNDLE, BundleRunner
 from mnms_groupdistil.datasets.mnms.synthetic import write_mnms_cohort
 from mnms_groupdistil.networks import build_network
 
+#: MLflow 3 reports usage from a background thread, which on a machine without a network holds up the end of every
+#: process that tracked (pytest's and the bundle runs' it starts) for minutes; the tests report nothing.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: trains a bundle, or runs several processes")

@@ -60,13 +60,14 @@ ENGINE_IDS = (
     "evaluation",
     "metrics_report",
     "run_lock",
+    "run_tracking",
     "initialize",
     "run",
     "finalize",
     "training",
 )
 #: What a bundle's own data and network pieces may be called (top level, and inside train/validate/test).
-BUNDLE_COMPONENTS = ("network_def", "teacher_def", "run_settings", "report_fields", "split_data")
+BUNDLE_COMPONENTS = ("network_def", "teacher_def", "run_settings", "report_fields", "tracking_tags", "split_data")
 DATA_ENTRIES = (
     "datalist",
     "volumes",

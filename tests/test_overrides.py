@@ -90,6 +90,26 @@ def test_command_line_overrides_are_read_as_fire_reads_them(tmp_path):
     assert command_line_overrides([MAIN, "verify_metadata", "--x", "1"]) is None
 
 
+def test_tracking_settings_ids_are_settings_of_a_tracked_command_line(tmp_path):
+    """MONAI documents ``--tracking mlflow --tracking_uri ... --experiment_name ...``: with ``--tracking``, the ids its
+    settings add are settings; without it they are typos like any other."""
+    train = repr([str(CONFIGS / "train.json")])
+    tracked = ["--tracking_uri", "sqlite:///x.db", "--experiment_name", "e", "--run_name", "r", "--max_epochs", "1"]
+    check_command_line([MAIN, "run", "training", "--config_file", train, "--tracking", "mlflow", *tracked])
+    with pytest.raises(UnknownSettingError, match="`tracking_uri`") as info:
+        check_command_line([MAIN, "run", "training", "--config_file", train, *tracked])
+    assert len(info.value.problems) == 4  # tracking_uri, experiment_name, run_name; and how to add an id
+    settings = tmp_path / "tracking.json"  # a user's settings: its own top-level item; its handlers are no ids
+    handlers_id = {"trainer": {"id": "train#trainer", "handlers": "train#handlers"}}
+    settings.write_text(json.dumps({"handlers_id": handlers_id, "configs": {"server": "http://x", "trainer": {}}}))
+    check_command_line([MAIN, "run", "--config_file", train, "--tracking", str(settings), "--server", "http://y"])
+    with pytest.raises(UnknownSettingError, match="`trainer`"):
+        check_command_line([MAIN, "run", "--config_file", train, "--tracking", str(settings), "--trainer", "1"])
+    args = tmp_path / "args.json"  # the grid's runs give --tracking in their --args_file
+    args.write_text(json.dumps({"config_file": [str(CONFIGS / "train.json")], "tracking": "mlflow", "run_name": "r"}))
+    check_command_line([MAIN, "run", "--args_file", str(args)])
+
+
 def test_reproduce_refuses_an_unknown_override(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         reproduce_main([str(tmp_path), "--override", "max_epoch=1", "--dry_run", "--output_dir", str(tmp_path / "o")])

@@ -4,7 +4,7 @@ bundle configs name them).
 
 - :mod:`.loss`: :class:`GroupWeightedLossHandler` runs the frozen teacher, computes the per-sample
   loss and the group-weighted objective, and publishes the group weights and per-group losses on
-  ``engine.state``.
+  ``engine.state``; :func:`training_scalars` reads them back by name for the loggers.
 - :mod:`.tensorboard`: :class:`GroupScalarWriter` writes those to TensorBoard (as the
   ``iteration_event_writer`` of MONAI's ``TensorBoardStatsHandler``).
 - :mod:`.checkpoints`: :class:`AtomicCheckpointSaver` (never a half-written file),
@@ -31,7 +31,12 @@ from mnms_groupdistil.handlers.checkpoints import (
     training_checkpoint_saver,
 )
 from mnms_groupdistil.handlers.guard import NonFiniteLossError, RunGuard, RunInterrupted
-from mnms_groupdistil.handlers.loss import GroupWeightedLossHandler, group_from_batch, loss_from_output
+from mnms_groupdistil.handlers.loss import (
+    GroupWeightedLossHandler,
+    group_from_batch,
+    loss_from_output,
+    training_scalars,
+)
 from mnms_groupdistil.handlers.reports import AttachMetrics, MetricsReport
 from mnms_groupdistil.handlers.schedule import LearningRateSchedule
 from mnms_groupdistil.handlers.seeding import EpochSeeds
@@ -58,4 +63,5 @@ __all__ = [
     "latest_checkpoint",
     "loss_from_output",
     "training_checkpoint_saver",
+    "training_scalars",
 ]

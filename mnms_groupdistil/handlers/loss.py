@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,7 +16,7 @@ from monai.utils import CommonKeys as Keys
 from mnms_groupdistil.handlers.events import attach_once
 from mnms_groupdistil.losses import GroupWeightedLoss
 
-__all__ = ["GroupWeightedLossHandler", "group_from_batch", "loss_from_output"]
+__all__ = ["GroupWeightedLossHandler", "group_from_batch", "loss_from_output", "training_scalars"]
 
 
 def group_from_batch(batch: Any) -> torch.Tensor:
@@ -163,3 +164,33 @@ def loss_from_output(output: Any) -> Any:
     if isinstance(output, list):
         output = output[0]
     return output[Keys.LOSS]
+
+
+def training_scalars(
+    engine: Engine,
+    group_names: Sequence[str],
+    loss_transform: Callable[[Any], Any] = loss_from_output,
+    loss_tag: str = "train_loss",
+) -> dict[str, float]:
+    """The trainer's last iteration as the loggers write it: ``<loss_tag>``, ``group_weight/<group>`` and
+    ``group_loss/<group>`` by name (a group absent from the batch has no loss entry).
+
+    Reads the values :class:`GroupWeightedLossHandler` publishes on ``engine.state``, one copy from the device each.
+
+    Args:
+        engine: the trainer.
+        group_names: one name per group id.
+        loss_transform: ``engine.state.output`` -> scalar loss.
+        loss_tag: the name of the loss.
+    """
+    scalars = {loss_tag: float(torch.as_tensor(loss_transform(engine.state.output)).detach())}
+    weights = getattr(engine.state, "group_weights", None)
+    losses = getattr(engine.state, "group_losses", None)
+    weights = None if weights is None else torch.as_tensor(weights).tolist()
+    losses = None if losses is None else torch.as_tensor(losses).tolist()
+    for index, group in enumerate(str(g) for g in group_names):
+        if weights is not None:
+            scalars[f"group_weight/{group}"] = weights[index]
+        if losses is not None and not math.isnan(losses[index]):
+            scalars[f"group_loss/{group}"] = losses[index]
+    return scalars

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 from ignite.engine import Engine
 
-from mnms_groupdistil.handlers.loss import loss_from_output
+from mnms_groupdistil.handlers.loss import loss_from_output, training_scalars
 
 __all__ = ["GroupScalarWriter"]
 
@@ -40,16 +38,6 @@ class GroupScalarWriter:
 
     def __call__(self, engine: Engine, writer: Any) -> None:
         step = engine.state.iteration
-        writer.add_scalar(
-            self.loss_tag, float(torch.as_tensor(self.loss_transform(engine.state.output)).detach()), step
-        )
-        weights = getattr(engine.state, "group_weights", None)
-        losses = getattr(engine.state, "group_losses", None)
-        weights = None if weights is None else torch.as_tensor(weights).tolist()  # one copy from the device
-        losses = None if losses is None else torch.as_tensor(losses).tolist()
-        for index, group in enumerate(self.group_names):
-            if weights is not None:
-                writer.add_scalar(f"group_weight/{group}", weights[index], step)
-            if losses is not None and not math.isnan(losses[index]):
-                writer.add_scalar(f"group_loss/{group}", losses[index], step)
+        for tag, value in training_scalars(engine, self.group_names, self.loss_transform, self.loss_tag).items():
+            writer.add_scalar(tag, value, step)
         writer.flush()

@@ -17,6 +17,7 @@ from mnms_groupdistil.overrides import check_overrides, parse_overrides
 from mnms_groupdistil.tools.paper import paper_table
 from mnms_groupdistil.tools.registry import DATASETS, DatasetSpec
 from mnms_groupdistil.tools.slurm import JOBS_FOLDER, JobRunner, job_parameters, make_executor
+from mnms_groupdistil.tracking import grid_tracking, log_summary
 
 from .arguments import BUNDLES_DIR, config_files, resolve_setting, scoped_config
 from .plan import Run, parse_grid, plan_runs, submission_order
@@ -79,15 +80,16 @@ def _train(
     runner: Callable[..., int],
     parameters: Mapping[str, Any] | None,
     cluster: str,
+    tracking: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`run_grid` on this machine, or with each run a job of a submitit executor on ``cluster``."""
     common = (spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed)
     if parameters is None:
-        return run_grid(*common, runner, args.jobs or 1)
+        return run_grid(*common, runner, args.jobs or 1, tracking)
     executor = make_executor(Path(args.output_dir) / JOBS_FOLDER, parameters, cluster)
     ordered = submission_order(runs)
     jobs = JobRunner(executor, runner, max(1, int(parameters["gpus_per_node"])))
-    rows = run_grid(spec, ordered, *common[2:], jobs, args.jobs or len(ordered))
+    rows = run_grid(spec, ordered, *common[2:], jobs, args.jobs or len(ordered), tracking)
     by_dir = {run.run_dir: row for run, row in zip(ordered, rows)}
     return [by_dir[run.run_dir] for run in runs]
 
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--methods", nargs="+", help="methods to run (default all; the teacher comes with distillers)")
     parser.add_argument("--dry_run", action="store_true", help="list the runs and their state, train nothing")
+    parser.add_argument("--tracking", help="track every run with MLflow: mlflow, or a tracking settings file")
+    parser.add_argument("--tracking_uri", help="where to track (default: sqlite <output_dir>/mlruns.db)")
+    parser.add_argument("--experiment_name", help="the grid's MLflow experiment (default: <bundle>_reproduce)")
     _add_launcher_arguments(parser)
     return parser
 
@@ -216,12 +221,14 @@ def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bun
         return 0
     start = time.monotonic()
     try:
+        experiment = args.experiment_name or f"{spec.bundle}_reproduce"
+        tracking = grid_tracking(args.tracking, args.output_dir, args.tracking_uri, experiment)
         if args.collect:
             rows = collect_rows(
                 spec, runs, args.dataset_dir, args.bundles_dir, args.config_file, overrides, args.split_seed
             )
         else:
-            rows = _train(args, spec, runs, overrides, runner, parameters, cluster)
+            rows = _train(args, spec, runs, overrides, runner, parameters, cluster, tracking)
     except (RuntimeError, ValueError) as error:
         logger.error(str(error))
         return 1
@@ -232,6 +239,8 @@ def main(argv: Sequence[str] | None = None, runner: Callable[..., int] = run_bun
         f"{', '.join(args.config_file) or 'none'}; overrides: {', '.join(args.override) or 'none'}.",
     ]
     written = write_outputs(spec, runs, rows, args.output_dir, settings)
+    if tracking is not None:  # the tables and plots: a run of the grid's experiment
+        log_summary(tracking["tracking_uri"], experiment, list(written.values()), tags={"dataset": spec.name})
     print("\n".join(paper_table(spec, rows, list(dict.fromkeys(r.split for r in runs)))))
     logger.info(f"{len(runs)} runs in {time.monotonic() - start:.0f} s; wrote {', '.join(map(str, written.values()))}")
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 from mnms_groupdistil.tools.paper import is_finite, result_row
 from mnms_groupdistil.tools.registry import MEAN, WORST, DatasetSpec, Metric
 from mnms_groupdistil.tools.runs import load_metrics
+from mnms_groupdistil.tracking import grid_run_args, untracked
 
 from .arguments import BUNDLES_DIR, bundle_args, resolve_setting
 from .plan import Run
@@ -110,6 +111,7 @@ def run_grid(
     split_seed: int = 0,
     runner: Callable[[Path, Path], int] = run_bundle,
     jobs: int = 1,
+    tracking: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train the runs that are not finished and return one :func:`result_row` per run, in ``runs``' order.
 
@@ -124,6 +126,8 @@ def run_grid(
         dataset_dir, bundles_dir, extra_configs, overrides, split_seed: see :func:`bundle_args`.
         runner: ``(args_path, log_path) -> exit status``; default :func:`run_bundle`.
         jobs: how many runs train at the same time (each its own process with the default runner).
+        tracking: the tracking arguments every run shares (:func:`~mnms_groupdistil.tracking.grid_tracking`);
+            each run is then an MLflow run named :attr:`Run.name`, tagged with its method, split, seed and cell.
 
     Raises:
         ValueError: when ``jobs`` is not a positive int, or a run folder holds a run started with other settings.
@@ -140,6 +144,8 @@ def run_grid(
         try:
             teacher = teacher_checkpoint(run.teacher_dir) if run.teacher_dir is not None else None
             args = bundle_args(spec, run, dataset_dir, bundles_dir, extra_configs, overrides, split_seed, teacher)
+            tags = {"method": run.key, "split": run.split, "seed": run.seed, **({"cell": run.cell} if run.cell else {})}
+            args.update(grid_run_args(tracking, run.name, tags))
             return _train_one(spec, run, args, f"[{index}/{len(runs)}] {spec.name} {run.name}", required, runner)
         except Exception:
             stop.set()
@@ -210,7 +216,8 @@ def _check_recorded_args(run: Run, args: Mapping[str, Any]) -> None:
     """
     args_path = run.run_dir / RUN_ARGS
     if args_path.is_file():
-        before = json.loads(args_path.read_text(encoding="utf-8"))
+        before = untracked(json.loads(args_path.read_text(encoding="utf-8")))  # tracked or not: the same run
+        args = untracked(args)
         if before != args:
             changed = sorted(k for k in {*before, *args} if before.get(k) != args.get(k))
             raise ValueError(
