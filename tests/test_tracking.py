@@ -187,7 +187,9 @@ def test_under_torchrun_only_the_main_process_tracks(bundle, cohort, tmp_path):
     settings = {**TINY_MNMS, "max_epochs": 2, "log_interval": 1, "dataset_dir": cohort, "output_dir": out}
     command += [item for key, value in settings.items() for item in (f"--{key}", str(value))] + ["--tracking", "mlflow"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = client_of(out)
     [run] = runs_of(client)
